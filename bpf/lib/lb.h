@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Service lookup and backend selection, shared by every attach point.
+ * Each helper takes plain values so that a test program can call it directly.
+ */
+#ifndef SLUICE_LIB_LB_H
+#define SLUICE_LIB_LB_H
+
+#include "../include/common.h"
+#include "../include/lb.h"
+#include "../include/metrics.h"
+
+/* Set by the loader: the node's own network namespace. Loopback addresses
+ * reach NodePorts only from there; in a pod, 127.0.0.1 is the pod itself. */
+const volatile __u64 sl_host_netns_cookie = 0;
+
+static __always_inline void sl_addr_from_v4(union sl_addr *a, __be32 ip4)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0x0000ffff);
+	a->w[3] = ip4;
+}
+
+static __always_inline bool sl_addr_is_v4(const union sl_addr *a)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline bool sl_addr_is_loopback(const union sl_addr *a)
+{
+	if (sl_addr_is_v4(a))
+		return (bpf_ntohl(a->w[3]) >> 24) == 127;
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 &&
+	       a->w[3] == bpf_htonl(1);
+}
+
+/*
+ * Find the master entry of the frontend the destination names. On success
+ * @key is left pointing at the frontend (its scope and address as stored),
+ * so that slot lookups can reuse it.
+ */
+static __always_inline struct sl_svc_val *
+sl_lb_lookup_frontend(struct sl_svc_key *key, __u64 netns_cookie)
+{
+	struct sl_svc_val *master;
+	union sl_addr dst = key->addr;
+
+	key->slot = 0;
+	key->scope = SL_SCOPE_VIP;
+	key->pad = 0;
+	master = bpf_map_lookup_elem(&sl_lb_svc_v1, key);
+	if (master)
+		return master;
+
+	/* NodePort: any address of this node, or loopback from the node. */
+	if (!bpf_map_lookup_elem(&sl_node_addr_v1, &dst) &&
+	    !(sl_addr_is_loopback(&dst) && netns_cookie == sl_host_netns_cookie))
+		return NULL;
+
+	__builtin_memset(&key->addr, 0, sizeof(key->addr));
+	key->scope = SL_SCOPE_NODEPORT;
+	master = bpf_map_lookup_elem(&sl_lb_svc_v1, key);
+	if (!master)
+		key->addr = dst;
+	return master;
+}
+
+/*
+ * Pick a backend for @key whose master entry is @master. @client identifies
+ * the client for session affinity. Returns 0 and fills @be and @be_id, or
+ * a negative errno for the caller to report.
+ */
+static __always_inline int
+sl_lb_select_backend(struct sl_svc_key *key, const struct sl_svc_val *master,
+		     __u64 client, struct sl_backend *be, __u32 *be_id)
+{
+	struct sl_affinity_key akey = {};
+	struct sl_affinity_val *aval, anew = {};
+	struct sl_svc_val *slot;
+	struct sl_backend *b;
+	__u32 count = master->count;
+	__u64 now = 0;
+
+	if (count == 0) {
+		sl_count(SL_M_REJECT_NO_BACKEND);
+		return -ECONNREFUSED_;
+	}
+
+	if (master->flags & SL_SVC_F_AFFINITY) {
+		akey.client = client;
+		akey.rev_nat_id = master->rev_nat_id;
+		now = bpf_ktime_get_ns();
+		aval = bpf_map_lookup_elem(&sl_lb_aff_v1, &akey);
+		if (aval && now - aval->last_used_ns <=
+				(__u64)master->affinity_timeout * 1000000000ULL) {
+			struct sl_affinity_match_key mkey = {
+				.backend_id = aval->backend_id,
+				.rev_nat_id = master->rev_nat_id,
+			};
+
+			if (bpf_map_lookup_elem(&sl_lb_affm_v1, &mkey)) {
+				b = bpf_map_lookup_elem(&sl_lb_be_v1, &mkey.backend_id);
+				if (b) {
+					aval->last_used_ns = now;
+					*be = *b;
+					*be_id = mkey.backend_id;
+					sl_count(SL_M_AFFINITY_HIT);
+					return 0;
+				}
+			}
+		}
+	}
+
+	key->slot = (bpf_get_prandom_u32() % count) + 1;
+	slot = bpf_map_lookup_elem(&sl_lb_svc_v1, key);
+	key->slot = 0;
+	if (!slot) {
+		sl_count(SL_M_REJECT_BACKEND_MISSING);
+		return -ECONNREFUSED_;
+	}
+	b = bpf_map_lookup_elem(&sl_lb_be_v1, &slot->backend_id);
+	if (!b) {
+		sl_count(SL_M_REJECT_BACKEND_MISSING);
+		return -ECONNREFUSED_;
+	}
+	*be = *b;
+	*be_id = slot->backend_id;
+
+	if (master->flags & SL_SVC_F_AFFINITY) {
+		anew.last_used_ns = now;
+		anew.backend_id = slot->backend_id;
+		bpf_map_update_elem(&sl_lb_aff_v1, &akey, &anew, BPF_ANY);
+	}
+	return 0;
+}
+
+/* Remember, for this socket, that @be stands for the frontend in @key. */
+static __always_inline void
+sl_lb_record_sock_revnat(__u64 cookie, const struct sl_backend *be,
+			 const union sl_addr *vip, __be16 vport, __u32 rev_nat_id)
+{
+	struct sl_sock_revnat_key k = {
+		.cookie = cookie,
+		.addr = be->addr,
+		.port = be->port,
+	};
+	struct sl_sock_revnat_val v = {
+		.addr = *vip,
+		.port = vport,
+		.rev_nat_id = rev_nat_id,
+	};
+	struct sl_sock_revnat_val *old;
+
+	old = bpf_map_lookup_elem(&sl_lb_skrn_v1, &k);
+	if (old && old->rev_nat_id == rev_nat_id && old->port == vport)
+		return;
+	if (bpf_map_update_elem(&sl_lb_skrn_v1, &k, &v, BPF_ANY))
+		sl_count(SL_M_REVNAT_MAP_FULL);
+}
+
+static __always_inline struct sl_sock_revnat_val *
+sl_lb_lookup_sock_revnat(__u64 cookie, const union sl_addr *addr, __be16 port)
+{
+	struct sl_sock_revnat_key k = {
+		.cookie = cookie,
+		.addr = *addr,
+		.port = port,
+	};
+
+	return bpf_map_lookup_elem(&sl_lb_skrn_v1, &k);
+}
+
+#endif /* SLUICE_LIB_LB_H */

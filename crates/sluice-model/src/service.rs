@@ -1,0 +1,323 @@
+//! `v1 Service`: the frontends (cluster IPs, node ports, external and load
+//! balancer IPs) that clients address.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Checker;
+use crate::meta::{is_dns_label, ObjectMeta};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
+    pub cluster_ip: Option<String>,
+    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<String>,
+    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinityConfig {
+    #[serde(default, rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<LoadBalancerIngress>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerIngress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[default]
+    TCP,
+    UDP,
+    SCTP,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::TCP => 6,
+            Protocol::UDP => 17,
+            Protocol::SCTP => 132,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            6 => Some(Protocol::TCP),
+            17 => Some(Protocol::UDP),
+            132 => Some(Protocol::SCTP),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::TCP => "TCP",
+            Protocol::UDP => "UDP",
+            Protocol::SCTP => "SCTP",
+        }
+    }
+}
+
+/// A port given as a number or as the name of a port the endpoints offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    Int(i64),
+    String(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub port: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<i64>,
+}
+
+impl ServicePort {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    /// The port number the service listens on (checked to be in range).
+    pub fn port_u16(&self) -> u16 {
+        self.port as u16
+    }
+}
+
+/// Default timeout of ClientIP session affinity (Kubernetes: 3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+impl Service {
+    /// Every cluster IP, `clusterIPs` first, without duplicates. Headless
+    /// services (`None`) have none.
+    pub fn cluster_ips(&self) -> Vec<IpAddr> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        let all = self.spec.cluster_ips.iter().chain(self.spec.cluster_ip.iter());
+        for s in all {
+            if let Ok(ip) = s.parse::<IpAddr>() {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn external_ips(&self) -> Vec<IpAddr> {
+        self.spec.external_ips.iter().filter_map(|s| s.parse().ok()).collect()
+    }
+
+    pub fn load_balancer_ips(&self) -> Vec<IpAddr> {
+        self.status
+            .iter()
+            .flat_map(|s| s.load_balancer.iter())
+            .flat_map(|lb| lb.ingress.iter())
+            .filter_map(|i| i.ip.as_deref())
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+
+    /// ClientIP affinity timeout in seconds, or `None` without affinity.
+    pub fn affinity_timeout(&self) -> Option<u32> {
+        if self.spec.session_affinity.as_deref() != Some("ClientIP") {
+            return None;
+        }
+        let t = self
+            .spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .map(|t| t as u32)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+        Some(t)
+    }
+
+    pub fn has_node_ports(&self) -> bool {
+        matches!(self.spec.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
+    }
+
+    pub(crate) fn check(&self, c: &mut Checker<'_>) {
+        self.metadata.check(c);
+        let s = &self.spec;
+        let headless = s.cluster_ip.as_deref() == Some("None");
+        if s.type_ != ServiceType::ExternalName {
+            if let Some(ip) = &s.cluster_ip {
+                if !headless && ip.parse::<IpAddr>().is_err() {
+                    c.err("spec.clusterIP", format!("{ip:?} is not an IP address (or \"None\" for a headless service)"));
+                }
+            }
+            for (i, ip) in s.cluster_ips.iter().enumerate() {
+                if ip != "None" && ip.parse::<IpAddr>().is_err() {
+                    c.err(format!("spec.clusterIPs[{i}]"), format!("{ip:?} is not an IP address"));
+                }
+            }
+            if s.cluster_ips.len() > 2 {
+                c.err("spec.clusterIPs", "at most two addresses (one per family)");
+            }
+            if let (Some(a), Some(b)) = (s.cluster_ip.as_ref(), s.cluster_ips.first()) {
+                if a != b {
+                    c.err("spec.clusterIPs[0]", format!("{b:?} must equal spec.clusterIP {a:?}"));
+                }
+            }
+            if s.cluster_ip.is_none() && s.cluster_ips.is_empty() {
+                c.err("spec.clusterIP", "is required: the standalone agent does not allocate cluster IPs yet");
+            }
+            if !headless && s.ports.is_empty() {
+                c.err("spec.ports", "a service needs at least one port");
+            }
+        }
+        for (i, ip) in s.external_ips.iter().enumerate() {
+            if ip.parse::<IpAddr>().is_err() {
+                c.err(format!("spec.externalIPs[{i}]"), format!("{ip:?} is not an IP address"));
+            }
+        }
+        if let Some(st) = &self.status {
+            for (i, ing) in st.load_balancer.iter().flat_map(|l| l.ingress.iter()).enumerate() {
+                if let Some(ip) = &ing.ip {
+                    if ip.parse::<IpAddr>().is_err() {
+                        c.err(format!("status.loadBalancer.ingress[{i}].ip"), format!("{ip:?} is not an IP address"));
+                    }
+                }
+            }
+        }
+        match s.session_affinity.as_deref() {
+            None | Some("None") | Some("ClientIP") => {}
+            Some(other) => c.err("spec.sessionAffinity", format!("{other:?} is not one of \"None\", \"ClientIP\"")),
+        }
+        if let Some(t) = s
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+        {
+            if !(1..=86400).contains(&t) {
+                c.err(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                    format!("{t} is out of range (1 to 86400 seconds)"),
+                );
+            }
+        }
+        match s.external_traffic_policy.as_deref() {
+            None | Some("Cluster") | Some("Local") => {}
+            Some(other) => c.err("spec.externalTrafficPolicy", format!("{other:?} is not one of \"Cluster\", \"Local\"")),
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let multi = s.ports.len() > 1;
+        for (i, p) in s.ports.iter().enumerate() {
+            let f = format!("spec.ports[{i}]");
+            if !(1..=65535).contains(&p.port) {
+                c.err(format!("{f}.port"), format!("{} is not a valid port (1 to 65535)", p.port));
+            }
+            if p.protocol == Protocol::SCTP {
+                c.err(format!("{f}.protocol"), "SCTP is not supported yet (TCP and UDP are)");
+            }
+            match &p.name {
+                Some(n) if !is_dns_label(n) => {
+                    c.err(format!("{f}.name"), format!("{n:?} is not a valid port name (a DNS label)"))
+                }
+                None if multi => c.err(format!("{f}.name"), "is required when a service has more than one port"),
+                _ => {}
+            }
+            if !seen.insert(p.name()) {
+                c.err(format!("{f}.name"), format!("{:?} is used by another port of this service", p.name()));
+            }
+            match &p.target_port {
+                Some(IntOrString::Int(t)) if !(1..=65535).contains(t) => {
+                    c.err(format!("{f}.targetPort"), format!("{t} is not a valid port (1 to 65535)"))
+                }
+                Some(IntOrString::String(n)) if !is_valid_port_name(n) => c.err(
+                    format!("{f}.targetPort"),
+                    format!("{n:?} is neither a port number nor a valid port name (at most 15 lower-case letters, digits and '-', with a letter)"),
+                ),
+                _ => {}
+            }
+            if let Some(np) = p.node_port {
+                if !self.has_node_ports() {
+                    c.err(format!("{f}.nodePort"), format!("only NodePort and LoadBalancer services have node ports (this one is {:?})", s.type_));
+                } else if !(1..=65535).contains(&np) {
+                    c.err(format!("{f}.nodePort"), format!("{np} is not a valid port (1 to 65535)"));
+                }
+            }
+        }
+    }
+}
+
+/// IANA service name, as Kubernetes checks named ports.
+pub fn is_valid_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().any(|b| b.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
