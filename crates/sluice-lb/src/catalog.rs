@@ -1,0 +1,107 @@
+//! The desired objects, indexed so that a change finds the services it
+//! touches without a scan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sluice_model::{EndpointSlice, Kind, Object, ObjectRef, Service};
+
+use crate::resolve::{resolve_service, ResolveError};
+use crate::types::{DesiredFrontend, ServiceName};
+
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    services: BTreeMap<ServiceName, Service>,
+    slices: BTreeMap<ObjectRef, EndpointSlice>,
+    slices_by_service: BTreeMap<ServiceName, BTreeSet<ObjectRef>>,
+}
+
+/// `namespace/name` of the service an object is about.
+pub fn service_of(r: &ObjectRef, obj: Option<&Object>) -> Option<ServiceName> {
+    match (r.kind, obj) {
+        (Kind::Service, _) => Some(format!("{}/{}", r.namespace, r.name)),
+        (Kind::EndpointSlice, Some(Object::EndpointSlice(s))) => {
+            s.service_name().map(|n| format!("{}/{}", r.namespace, n))
+        }
+        _ => None,
+    }
+}
+
+impl Catalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Insert or replace; returns the services whose frontends may change.
+    pub fn upsert(&mut self, r: &ObjectRef, obj: Object) -> BTreeSet<ServiceName> {
+        let mut touched = self.remove(r);
+        if let Some(s) = service_of(r, Some(&obj)) {
+            touched.insert(s.clone());
+            match obj {
+                Object::Service(svc) => {
+                    self.services.insert(s, svc);
+                }
+                Object::EndpointSlice(sl) => {
+                    self.slices_by_service.entry(s).or_default().insert(r.clone());
+                    self.slices.insert(r.clone(), sl);
+                }
+            }
+        }
+        touched
+    }
+
+    /// Remove; returns the services whose frontends may change.
+    pub fn remove(&mut self, r: &ObjectRef) -> BTreeSet<ServiceName> {
+        let mut touched = BTreeSet::new();
+        match r.kind {
+            Kind::Service => {
+                let s = format!("{}/{}", r.namespace, r.name);
+                if self.services.remove(&s).is_some() {
+                    touched.insert(s);
+                }
+            }
+            Kind::EndpointSlice => {
+                if let Some(old) = self.slices.remove(r) {
+                    if let Some(s) = service_of(r, Some(&Object::EndpointSlice(old))) {
+                        if let Some(set) = self.slices_by_service.get_mut(&s) {
+                            set.remove(r);
+                            if set.is_empty() {
+                                self.slices_by_service.remove(&s);
+                            }
+                        }
+                        touched.insert(s);
+                    }
+                }
+            }
+        }
+        touched
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = (&ServiceName, &Service)> {
+        self.services.iter()
+    }
+
+    pub fn slice(&self, r: &ObjectRef) -> Option<&EndpointSlice> {
+        self.slices.get(r)
+    }
+
+    pub fn len(&self) -> (usize, usize) {
+        (self.services.len(), self.slices.len())
+    }
+
+    /// Frontends of one service: empty when the service does not exist.
+    pub fn resolve(&self, name: &str) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
+        let Some(svc) = self.services.get(name) else { return Ok(Vec::new()) };
+        let slices: Vec<(&ObjectRef, &EndpointSlice)> = self
+            .slices_by_service
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| self.slices.get(r).map(|s| (r, s)))
+            .collect();
+        resolve_service(svc, &slices)
+    }
+}

@@ -1,0 +1,289 @@
+//! From a Service and its EndpointSlices to frontends with active backends.
+//!
+//! Kubernetes' rules, as kube-proxy applies them:
+//! - an endpoint is used when it is ready; when a family has no ready
+//!   endpoint at all, the endpoints that are serving and terminating are
+//!   used instead, so that connections drain rather than fail;
+//! - a service port is matched to a slice port by the service port's name
+//!   (and protocol); a slice's port number is the resolved target port.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use sluice_model::{EndpointSlice, IntOrString, ObjectRef, Service, ServiceType};
+
+use crate::types::*;
+
+/// A service that cannot be programmed as it stands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{object}: {field}: {message}")]
+pub struct ResolveError {
+    pub object: ObjectRef,
+    pub field: String,
+    pub message: String,
+}
+
+/// Frontends of `svc` with their active backends. `slices` are the slices
+/// whose service-name label names `svc`.
+pub fn resolve_service(
+    svc: &Service,
+    slices: &[(&ObjectRef, &EndpointSlice)],
+) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
+    let svc_ref = ObjectRef::new(sluice_model::Kind::Service, svc.metadata.namespace(), &svc.metadata.name);
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    if svc.spec.type_ == ServiceType::ExternalName {
+        return Ok(out);
+    }
+    let cluster_ips = svc.cluster_ips();
+    let affinity = svc.affinity_timeout();
+    let base_flags = if affinity.is_some() { SVC_F_AFFINITY } else { 0 };
+    let timeout = affinity.unwrap_or(0);
+
+    for (pi, port) in svc.spec.ports.iter().enumerate() {
+        for v6 in [false, true] {
+            let vips: Vec<IpAddr> = cluster_ips.iter().copied().filter(|a| a.is_ipv6() == v6).collect();
+            let ext: Vec<IpAddr> = svc.external_ips().into_iter().filter(|a| a.is_ipv6() == v6).collect();
+            let lbs: Vec<IpAddr> = if svc.spec.type_ == ServiceType::LoadBalancer {
+                svc.load_balancer_ips().into_iter().filter(|a| a.is_ipv6() == v6).collect()
+            } else {
+                Vec::new()
+            };
+            let node_port = if svc.has_node_ports() && !vips.is_empty() { port.node_port } else { None };
+            if vips.is_empty() && ext.is_empty() && lbs.is_empty() {
+                continue;
+            }
+            let backends = match backends_for(svc, &svc_ref, pi, v6, slices) {
+                Ok(b) => b,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            let proto = port.protocol;
+            let mut push = |key: FrontendKey, flags: u16| {
+                out.push(DesiredFrontend {
+                    key,
+                    flags: base_flags | flags,
+                    affinity_timeout: timeout,
+                    port_name: port.name().to_string(),
+                    backends: backends.clone(),
+                })
+            };
+            for a in vips {
+                push(FrontendKey { addr: a, port: port.port_u16(), proto, scope: Scope::Vip }, 0);
+            }
+            for a in ext {
+                push(FrontendKey { addr: a, port: port.port_u16(), proto, scope: Scope::Vip }, SVC_F_EXTERNAL_IP);
+            }
+            for a in lbs {
+                push(FrontendKey { addr: a, port: port.port_u16(), proto, scope: Scope::Vip }, SVC_F_LOADBALANCER);
+            }
+            if let Some(np) = node_port {
+                push(FrontendKey::node_port(v6, np as u16, proto), SVC_F_NODEPORT);
+            }
+        }
+    }
+    // One frontend listed twice by the same service (an external IP equal to
+    // the cluster IP, say) is a manifest error, not a silent merge.
+    let mut seen = BTreeSet::new();
+    for f in &out {
+        if !seen.insert(f.key) {
+            errors.push(ResolveError {
+                object: svc_ref.clone(),
+                field: "spec".into(),
+                message: format!("frontend {} is listed twice in this service", f.key),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn backends_for(
+    svc: &Service,
+    svc_ref: &ObjectRef,
+    port_index: usize,
+    v6: bool,
+    slices: &[(&ObjectRef, &EndpointSlice)],
+) -> Result<Vec<BackendKey>, ResolveError> {
+    let port = &svc.spec.ports[port_index];
+    let mut ready = BTreeSet::new();
+    let mut draining = BTreeSet::new();
+    let mut offered_names: BTreeSet<String> = BTreeSet::new();
+    let mut any_endpoint = false;
+    let mut matched_any = false;
+
+    for (_, slice) in slices.iter().filter(|(_, s)| s.is_ipv6() == v6) {
+        for p in &slice.ports {
+            offered_names.insert(p.name().to_string());
+        }
+        any_endpoint |= !slice.endpoints.is_empty();
+        let target = match slice_port(slice, port) {
+            Some(t) => t,
+            None => continue,
+        };
+        matched_any = true;
+        for ep in &slice.endpoints {
+            let c = &ep.conditions;
+            let set = if c.ready() {
+                &mut ready
+            } else if c.serving() && c.terminating() {
+                &mut draining
+            } else {
+                continue;
+            };
+            for a in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                set.insert(BackendKey { addr: a, port: target, proto: port.protocol });
+            }
+        }
+    }
+    if any_endpoint && !matched_any {
+        let wanted = match &port.target_port {
+            Some(IntOrString::String(n)) => format!("named target port {n:?} (or a slice port named {:?})", port.name()),
+            _ => format!("a slice port named {:?}", port.name()),
+        };
+        let offered: Vec<String> = offered_names.into_iter().map(|n| format!("{n:?}")).collect();
+        return Err(ResolveError {
+            object: svc_ref.clone(),
+            field: format!("spec.ports[{port_index}].targetPort"),
+            message: format!(
+                "no {} EndpointSlice of this service offers {wanted}/{} (ports offered: {})",
+                if v6 { "IPv6" } else { "IPv4" },
+                port.protocol.as_str(),
+                if offered.is_empty() { "none".to_string() } else { offered.join(", ") }
+            ),
+        });
+    }
+    let chosen = if ready.is_empty() { draining } else { ready };
+    Ok(chosen.into_iter().collect())
+}
+
+/// The port number endpoints of `slice` serve `port` on, if they serve it.
+fn slice_port(slice: &EndpointSlice, port: &sluice_model::ServicePort) -> Option<u16> {
+    let by_name = |name: &str| {
+        slice
+            .ports
+            .iter()
+            .find(|p| p.name() == name && p.protocol == port.protocol)
+            .and_then(|p| p.port)
+            .map(|n| n as u16)
+    };
+    // Kubernetes: the slice port carries the service port's name.
+    if let Some(n) = by_name(port.name()) {
+        return Some(n);
+    }
+    match &port.target_port {
+        // A hand-written slice may name the container port instead.
+        Some(IntOrString::String(n)) => by_name(n),
+        // A slice without ports serves the numeric target port.
+        Some(IntOrString::Int(n)) if slice.ports.is_empty() => Some(*n as u16),
+        None if slice.ports.is_empty() => Some(port.port_u16()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_model::{parse_documents, Object};
+
+    fn load(text: &str) -> (Service, Vec<(ObjectRef, EndpointSlice)>) {
+        let mut svc = None;
+        let mut slices = Vec::new();
+        for m in parse_documents("t.yaml", text).unwrap() {
+            match m.object {
+                Object::Service(s) => svc = Some(s),
+                Object::EndpointSlice(s) => slices.push((m.object_ref, s)),
+            }
+        }
+        (svc.unwrap(), slices)
+    }
+
+    fn resolve(text: &str) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
+        let (svc, slices) = load(text);
+        let refs: Vec<(&ObjectRef, &EndpointSlice)> = slices.iter().map(|(r, s)| (r, s)).collect();
+        resolve_service(&svc, &refs)
+    }
+
+    const BASE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  clusterIP: 198.19.0.1
+  externalIPs: [198.19.9.9]
+  ports: [{name: http, port: 80, targetPort: web, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.1.10], conditions: {ready: true}}
+- {addresses: [198.18.1.11], conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [198.18.1.12]}
+- {addresses: [198.18.1.13], conditions: {ready: false}}
+"#;
+
+    #[test]
+    fn ready_endpoints_on_every_frontend() {
+        let fs = resolve(BASE).unwrap();
+        let keys: Vec<String> = fs.iter().map(|f| f.key.to_string()).collect();
+        assert_eq!(keys, ["198.19.0.1:80/TCP", "198.19.9.9:80/TCP", "*:30080/TCP"]);
+        let be: Vec<String> = fs[0].backends.iter().map(|b| b.to_string()).collect();
+        assert_eq!(be, ["198.18.1.10:8080/TCP", "198.18.1.12:8080/TCP"]);
+        assert_eq!(fs[1].flags, SVC_F_EXTERNAL_IP);
+        assert_eq!(fs[2].flags, SVC_F_NODEPORT);
+    }
+
+    #[test]
+    fn terminating_serving_endpoints_are_the_fallback() {
+        let text = BASE.replace("conditions: {ready: true}", "conditions: {ready: false}")
+            .replace("- {addresses: [198.18.1.12]}", "");
+        let fs = resolve(&text).unwrap();
+        let be: Vec<String> = fs[0].backends.iter().map(|b| b.to_string()).collect();
+        assert_eq!(be, ["198.18.1.11:8080/TCP"]);
+    }
+
+    #[test]
+    fn unmatched_named_port_is_an_error() {
+        let text = BASE.replace("ports: [{name: http, port: 8080}]", "ports: [{name: metrics, port: 9090}]");
+        let errs = resolve(&text).unwrap_err();
+        assert_eq!(errs[0].field, "spec.ports[0].targetPort");
+        assert!(errs[0].message.contains("\"web\""), "{}", errs[0].message);
+        assert!(errs[0].message.contains("\"metrics\""), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn slice_port_named_after_target_port_is_accepted() {
+        let text = BASE.replace("ports: [{name: http, port: 8080}]", "ports: [{name: web, port: 8081}]");
+        let fs = resolve(&text).unwrap();
+        assert_eq!(fs[0].backends[0].port, 8081);
+    }
+
+    #[test]
+    fn affinity_and_no_backends() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns}
+spec:
+  clusterIP: fd00:5c:ff::53
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{port: 53, protocol: UDP}]
+"#;
+        let fs = resolve(text).unwrap();
+        assert_eq!(fs.len(), 1);
+        assert_eq!(fs[0].key.to_string(), "[fd00:5c:ff::53]:53/UDP");
+        assert_eq!(fs[0].flags, SVC_F_AFFINITY);
+        assert_eq!(fs[0].affinity_timeout, 60);
+        assert!(fs[0].backends.is_empty());
+    }
+}

@@ -1,0 +1,129 @@
+//! The logical form of the datapath's load-balancing map entries. The
+//! datapath crate encodes these into the C structs of `bpf/include/lb.h`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+pub use sluice_model::Protocol;
+
+/// Master entry flags (`SL_SVC_F_*` in `bpf/include/lb.h`).
+pub const SVC_F_AFFINITY: u16 = 1 << 0;
+pub const SVC_F_NODEPORT: u16 = 1 << 1;
+pub const SVC_F_EXTERNAL_IP: u16 = 1 << 2;
+pub const SVC_F_LOADBALANCER: u16 = 1 << 3;
+
+/// How a frontend is matched (`SL_SCOPE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// ClusterIP, ExternalIP, LoadBalancer IP: the address itself.
+    Vip,
+    /// Any address of the node; the key's address is the family's unspecified address.
+    NodePort,
+}
+
+impl Scope {
+    pub fn number(self) -> u8 {
+        match self {
+            Scope::Vip => 0,
+            Scope::NodePort => 1,
+        }
+    }
+    pub fn from_number(n: u8) -> Option<Scope> {
+        match n {
+            0 => Some(Scope::Vip),
+            1 => Some(Scope::NodePort),
+            _ => None,
+        }
+    }
+}
+
+/// A frontend: what a client addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FrontendKey {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub scope: Scope,
+}
+
+impl FrontendKey {
+    pub fn node_port(v6: bool, port: u16, proto: Protocol) -> Self {
+        let addr = if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+        FrontendKey { addr, port, proto, scope: Scope::NodePort }
+    }
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.scope, self.addr) {
+            (Scope::NodePort, IpAddr::V4(_)) => write!(f, "*:{}/{}", self.port, self.proto.as_str()),
+            (Scope::NodePort, IpAddr::V6(_)) => write!(f, "[*]:{}/{}", self.port, self.proto.as_str()),
+            (Scope::Vip, IpAddr::V4(a)) => write!(f, "{a}:{}/{}", self.port, self.proto.as_str()),
+            (Scope::Vip, IpAddr::V6(a)) => write!(f, "[{a}]:{}/{}", self.port, self.proto.as_str()),
+        }
+    }
+}
+
+/// A backend: where a connection is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BackendKey {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, self.proto.as_str()),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, self.proto.as_str()),
+        }
+    }
+}
+
+/// A service-map key: the frontend and a slot (0 is the master entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SvcKey {
+    pub frontend: FrontendKey,
+    pub slot: u16,
+}
+
+/// A service-map value. In the master entry `backend_id` is 0; in a slot
+/// entry only `backend_id` and `rev_nat_id` are meaningful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SvcVal {
+    pub backend_id: u32,
+    pub count: u32,
+    pub rev_nat_id: u32,
+    pub affinity_timeout: u32,
+    pub flags: u16,
+}
+
+/// One write to the maps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MapOp {
+    UpsertService(SvcKey, SvcVal),
+    DeleteService(SvcKey),
+    UpsertBackend(u32, BackendKey),
+    DeleteBackend(u32),
+    UpsertRevNat(u32, FrontendKey),
+    DeleteRevNat(u32),
+    UpsertAffinityMatch { backend_id: u32, rev_nat_id: u32 },
+    DeleteAffinityMatch { backend_id: u32, rev_nat_id: u32 },
+}
+
+/// The service a frontend belongs to, `namespace/name`.
+pub type ServiceName = String;
+
+/// A frontend as the model asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredFrontend {
+    pub key: FrontendKey,
+    pub flags: u16,
+    pub affinity_timeout: u32,
+    /// The service port's name, for display.
+    pub port_name: String,
+    /// Active backends in a stable order.
+    pub backends: Vec<BackendKey>,
+}

@@ -1,0 +1,205 @@
+//! The diff: minimal writes, safe ordering, adoption after a restart, and
+//! the golden dump from manifests to map entries.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use sluice_lb::*;
+use sluice_model::{parse_documents, Protocol};
+
+fn be(last: u8, port: u16) -> BackendKey {
+    BackendKey { addr: IpAddr::from([198, 18, 1, last]), port, proto: Protocol::TCP }
+}
+
+fn fe(last: u8) -> FrontendKey {
+    FrontendKey { addr: IpAddr::from([198, 19, 0, last]), port: 80, proto: Protocol::TCP, scope: Scope::Vip }
+}
+
+fn desired(vip: u8, backends: &[u8]) -> DesiredFrontend {
+    DesiredFrontend {
+        key: fe(vip),
+        flags: 0,
+        affinity_timeout: 0,
+        port_name: String::new(),
+        backends: backends.iter().map(|b| be(*b, 8080)).collect(),
+    }
+}
+
+/// The invariants the datapath relies on, checked on the maps' contents.
+fn check_consistent(d: &LbDump) {
+    let mut referenced = BTreeSet::new();
+    for (k, v) in d.services.iter().filter(|(k, _)| k.slot == 0) {
+        for slot in 1..=v.count as u16 {
+            let s = d.services.get(&SvcKey { frontend: k.frontend, slot }).unwrap_or_else(|| {
+                panic!("{}: master counts {} slots, slot {slot} missing", k.frontend, v.count)
+            });
+            assert!(d.backends.contains_key(&s.backend_id), "slot names missing backend {}", s.backend_id);
+            referenced.insert(s.backend_id);
+        }
+        assert_eq!(d.revnat.get(&v.rev_nat_id), Some(&k.frontend));
+    }
+    for k in d.services.keys().filter(|k| k.slot > 0) {
+        let m = d.services.get(&SvcKey { frontend: k.frontend, slot: 0 }).expect("slot without master");
+        assert!(k.slot as u32 <= m.count, "stale slot {} of {}", k.slot, k.frontend);
+    }
+    let all: BTreeSet<u32> = d.backends.keys().copied().collect();
+    assert_eq!(all, referenced, "backends not referenced by any slot");
+}
+
+fn apply(maps: &mut MemMaps, ops: &[MapOp]) {
+    maps.apply(ops).unwrap();
+    check_consistent(&maps.maps);
+}
+
+#[test]
+fn adding_one_backend_writes_three_entries() {
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    apply(&mut maps, &st.set_service("a/web", &[desired(1, &[10, 11])]));
+    let ops = st.set_service("a/web", &[desired(1, &[10, 11, 12])]);
+    // the backend, its slot, the master's count
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    assert!(matches!(ops[0], MapOp::UpsertBackend(_, _)));
+    assert!(matches!(ops[2], MapOp::UpsertService(SvcKey { slot: 0, .. }, _)));
+    apply(&mut maps, &ops);
+    assert!(st.set_service("a/web", &[desired(1, &[10, 11, 12])]).is_empty(), "no change, no write");
+}
+
+#[test]
+fn removing_a_middle_backend_moves_the_last_slot() {
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    apply(&mut maps, &st.set_service("a/web", &[desired(1, &[10, 11, 12])]));
+    let ops = st.set_service("a/web", &[desired(1, &[10, 12])]);
+    let kinds: Vec<String> = ops.iter().map(|o| format!("{o:?}").split('(').next().unwrap().to_string()).collect();
+    // slot 2 takes slot 3's backend, count drops, slot 3 goes, the backend goes
+    assert_eq!(kinds, ["UpsertService", "UpsertService", "DeleteService", "DeleteBackend"]);
+    apply(&mut maps, &ops);
+}
+
+#[test]
+fn services_share_backends_and_conflicts_are_found() {
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    apply(&mut maps, &st.set_service("a/one", &[desired(1, &[10, 11])]));
+    apply(&mut maps, &st.set_service("a/two", &[desired(2, &[11, 12])]));
+    assert_eq!(maps.maps.backends.len(), 3);
+    let c = st.check("a/three", &[desired(2, &[13])]).unwrap_err();
+    assert_eq!(c.owner, "a/two");
+    assert!(st.check("a/two", &[desired(2, &[13])]).is_ok());
+    apply(&mut maps, &st.remove_service("a/one"));
+    assert_eq!(maps.maps.backends.len(), 2, "backend 10 released, 11 still used by two");
+    apply(&mut maps, &st.remove_service("a/two"));
+    assert_eq!(maps.maps, LbDump::default());
+}
+
+#[test]
+fn affinity_match_entries_follow_slots() {
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    let mut d = desired(1, &[10, 11]);
+    d.flags = SVC_F_AFFINITY;
+    d.affinity_timeout = 30;
+    apply(&mut maps, &st.set_service("a/web", &[d.clone()]));
+    assert_eq!(maps.maps.affinity_match.len(), 2);
+    d.backends.pop();
+    apply(&mut maps, &st.set_service("a/web", &[d.clone()]));
+    assert_eq!(maps.maps.affinity_match.len(), 1);
+    d.flags = 0;
+    apply(&mut maps, &st.set_service("a/web", &[d]));
+    assert!(maps.maps.affinity_match.is_empty());
+}
+
+/// A small deterministic generator: no dependency needed for a shuffle.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn random_changes_keep_the_maps_consistent_and_adoption_is_a_no_op() {
+    let mut rng = Lcg(7);
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    let mut wanted: std::collections::BTreeMap<String, Vec<DesiredFrontend>> = Default::default();
+    for _ in 0..2000 {
+        let svc = rng.next(20);
+        let name = format!("ns/s{svc}");
+        let n = rng.next(6) as usize;
+        let backends: Vec<u8> = (0..n).map(|_| 10 + rng.next(12) as u8).collect::<BTreeSet<_>>().into_iter().collect();
+        let mut d = desired(svc as u8, &backends);
+        if rng.next(3) == 0 {
+            d.flags = SVC_F_AFFINITY;
+            d.affinity_timeout = 10;
+        }
+        let ds = if rng.next(8) == 0 { vec![] } else { vec![d] };
+        apply(&mut maps, &st.set_service(&name, &ds));
+        wanted.insert(name, ds);
+    }
+    // A restarted agent adopts the maps and finds nothing to write.
+    let dump = maps.dump().unwrap();
+    let mut adopted = LbState::adopt(&dump);
+    let mut ops = Vec::new();
+    for (name, ds) in &wanted {
+        ops.extend(adopted.set_service(name, ds));
+    }
+    ops.extend(adopted.finish_adoption());
+    ops.extend(adopted.repair_ops(&dump));
+    assert!(ops.is_empty(), "adoption rewrote {ops:?}");
+}
+
+#[test]
+fn adoption_removes_what_nobody_claims_and_repairs_debris() {
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    apply(&mut maps, &st.set_service("a/keep", &[desired(1, &[10, 11])]));
+    apply(&mut maps, &st.set_service("a/gone", &[desired(2, &[12])]));
+    // An interrupted write left a slot past the count.
+    let stray = SvcKey { frontend: fe(1), slot: 3 };
+    maps.maps.services.insert(stray, SvcVal { backend_id: 11, count: 0, rev_nat_id: 1, affinity_timeout: 0, flags: 0 });
+    let dump = maps.dump().unwrap();
+    let mut adopted = LbState::adopt(&dump);
+    let mut ops = adopted.set_service("a/keep", &[desired(1, &[10, 11])]);
+    ops.extend(adopted.finish_adoption());
+    maps.apply(&ops).unwrap();
+    let repair = adopted.repair_ops(&maps.dump().unwrap());
+    apply(&mut maps, &repair);
+    assert!(!maps.maps.services.contains_key(&stray));
+    assert_eq!(maps.maps.services.len(), 3, "master + two slots of a/keep");
+    assert_eq!(maps.maps.backends.len(), 2);
+}
+
+#[test]
+fn golden_manifests_to_map_entries() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut cat = Catalog::new();
+        let mut touched = BTreeSet::new();
+        for m in parse_documents(&path.display().to_string(), &text).unwrap() {
+            touched.extend(cat.upsert(&m.object_ref, m.object));
+        }
+        let mut st = LbState::new();
+        let mut maps = MemMaps::default();
+        for s in &touched {
+            let ds = cat.resolve(s).unwrap();
+            st.check(s, &ds).unwrap();
+            apply(&mut maps, &st.set_service(s, &ds));
+        }
+        let got = maps.maps.to_text();
+        let golden = path.with_extension("txt");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&golden)
+            .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", golden.display()));
+        assert_eq!(got, want, "{} differs from {}", path.display(), golden.display());
+    }
+}
