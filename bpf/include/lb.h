@@ -65,8 +65,8 @@ struct sl_revnat {
 	union sl_addr addr;	/* network order */
 	__be16 port;		/* network order */
 	__u8  proto;
-	__u8  pad;
-	__u32 pad2;
+	__u8  scope;		/* SL_SCOPE_* */
+	__u32 pad;
 };
 
 /*

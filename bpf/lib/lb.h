@@ -58,7 +58,12 @@ sl_lb_lookup_frontend(struct sl_svc_key *key, __u64 netns_cookie)
 	    !(sl_addr_is_loopback(&dst) && netns_cookie == sl_host_netns_cookie))
 		return NULL;
 
-	__builtin_memset(&key->addr, 0, sizeof(key->addr));
+	/* The wildcard key keeps the family: ::ffff:0.0.0.0 or ::. */
+	key->addr.w[0] = 0;
+	key->addr.w[1] = 0;
+	if (!sl_addr_is_v4(&dst))
+		key->addr.w[2] = 0;
+	key->addr.w[3] = 0;
 	key->scope = SL_SCOPE_NODEPORT;
 	master = bpf_map_lookup_elem(&sl_lb_svc_v1, key);
 	if (!master)

@@ -168,7 +168,12 @@ impl LbState {
             self.write_frontend(service, d, &mut ops);
         }
         for key in old.iter().filter(|k| !wanted.contains(k)) {
-            self.delete_frontend(key, &mut ops);
+            // A frontend another service took over in the same change is
+            // no longer ours to delete.
+            let ours = self.frontends.get(key).and_then(|f| f.owner.as_deref()) == Some(service);
+            if ours {
+                self.delete_frontend(key, &mut ops);
+            }
         }
         if !desired.is_empty() {
             self.by_service.insert(service.to_string(), desired.iter().map(|d| d.key).collect());

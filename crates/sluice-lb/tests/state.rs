@@ -94,6 +94,23 @@ fn services_share_backends_and_conflicts_are_found() {
 }
 
 #[test]
+fn a_frontend_can_move_between_services_in_either_order() {
+    for order in [["a/one", "a/two"], ["a/two", "a/one"]] {
+        let mut st = LbState::new();
+        let mut maps = MemMaps::default();
+        apply(&mut maps, &st.set_service("a/one", &[desired(1, &[10])]));
+        for s in order {
+            let ds = if s == "a/two" { vec![desired(1, &[11])] } else { vec![] };
+            apply(&mut maps, &st.set_service(s, &ds));
+        }
+        let v = st.view();
+        assert_eq!(v.len(), 1, "{order:?}");
+        assert_eq!(v[0].service.as_deref(), Some("a/two"));
+        assert_eq!(v[0].backends[0].1, be(11, 8080));
+    }
+}
+
+#[test]
 fn affinity_match_entries_follow_slots() {
     let mut st = LbState::new();
     let mut maps = MemMaps::default();

@@ -1,0 +1,427 @@
+//! Desired state, validation as a whole, and the reconciler.
+//!
+//! Locking: the server keeps one `Core` behind a mutex; every request runs
+//! to completion (store commit and map writes included) while holding it,
+//! so requests are serialised and the in-memory state always matches the
+//! store and the maps.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use serde_json::Value;
+use sluice_api::{ChangeReport, Document, ObjectResult, ServiceView, Target};
+use sluice_lb::catalog::service_of;
+use sluice_lb::dump::flags_str;
+use sluice_lb::{Catalog, FrontendKey, LbDump, LbMaps, LbState, MapOp, Scope};
+use sluice_model::manifest::from_value;
+use sluice_model::{Kind, Manifest, ManifestError, Object, ObjectRef, Origin, ServiceType};
+use sluice_store::Store;
+
+/// NodePort range Kubernetes allocates from.
+pub const NODE_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{} manifest error(s)", .0.len())]
+    Invalid(Vec<ManifestError>),
+    #[error("{0}")]
+    Store(#[from] sluice_store::StoreError),
+    #[error("writing the maps: {0}")]
+    Maps(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct Core<M: LbMaps> {
+    store: Store,
+    catalog: Catalog,
+    raw: BTreeMap<ObjectRef, Value>,
+    lb: LbState,
+    maps: M,
+}
+
+/// What an apply changed in the catalog, to roll it back.
+struct Undo {
+    previous: Vec<(ObjectRef, Option<(Value, Object)>)>,
+}
+
+impl<M: LbMaps> Core<M> {
+    /// Load the store, adopt what the maps hold, and write the difference.
+    /// Returns the core and the number of map writes the adoption needed.
+    pub fn new(store: Store, mut maps: M) -> Result<(Self, usize, Vec<String>), CoreError> {
+        let mut catalog = Catalog::new();
+        let mut raw = BTreeMap::new();
+        let mut warnings = Vec::new();
+        for (key, value) in store.load_all()? {
+            match from_value(&Origin::new(format!("store:{key}"), 1), value.clone()) {
+                Ok(m) => {
+                    catalog.upsert(&m.object_ref, m.object);
+                    raw.insert(m.object_ref, value);
+                }
+                Err(es) => warnings.extend(es.iter().map(|e| format!("skipping stored object: {e}"))),
+            }
+        }
+        let dump = maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?;
+        let mut lb = LbState::adopt(&dump);
+        let mut ops = Vec::new();
+        let names: Vec<String> = catalog.services().map(|(n, _)| n.clone()).collect();
+        for name in names {
+            match catalog.resolve(&name) {
+                Ok(ds) => match lb.check(&name, &ds) {
+                    Ok(()) => ops.extend(lb.set_service(&name, &ds)),
+                    Err(c) => warnings.push(format!("Service {name}: not programmed: {c}")),
+                },
+                Err(es) => warnings.extend(es.iter().map(|e| format!("not programmed: {e}"))),
+            }
+        }
+        ops.extend(lb.finish_adoption());
+        maps.apply(&ops).map_err(|e| CoreError::Maps(e.to_string()))?;
+        let repair = lb.repair_ops(&maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?);
+        maps.apply(&repair).map_err(|e| CoreError::Maps(e.to_string()))?;
+        let writes = ops.len() + repair.len();
+        Ok((Core { store, catalog, raw, lb, maps }, writes, warnings))
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let (s, e) = self.catalog.len();
+        let (f, b) = self.lb.counts();
+        (s, e, f, b)
+    }
+
+    /// Every stored object of a kind, as applied.
+    pub fn get(&self, kind: Kind) -> Vec<Value> {
+        self.raw.iter().filter(|(r, _)| r.kind == kind).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Apply documents as one change: all of it or, on any error, none.
+    pub fn apply(&mut self, docs: Vec<Document>, dry_run: bool) -> Result<ChangeReport, CoreError> {
+        let t0 = Instant::now();
+        let mut errors = Vec::new();
+        let mut batch: Vec<Manifest> = Vec::new();
+        let mut seen: HashMap<ObjectRef, Origin> = HashMap::new();
+        for d in docs {
+            match from_value(&d.origin, d.raw) {
+                Ok(m) => {
+                    if let Some(first) = seen.get(&m.object_ref) {
+                        errors.push(ManifestError::new(
+                            &m.origin,
+                            m.object_ref.to_string(),
+                            "metadata.name",
+                            format!("the same object is also given in {first}"),
+                        ));
+                        continue;
+                    }
+                    seen.insert(m.object_ref.clone(), m.origin.clone());
+                    batch.push(m);
+                }
+                Err(es) => errors.extend(es),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CoreError::Invalid(errors));
+        }
+        self.allocate_node_ports(&mut batch)?;
+
+        // Tentatively apply to the catalog; validate every touched service.
+        let mut undo = Undo { previous: Vec::new() };
+        let mut touched = BTreeSet::new();
+        let mut results = Vec::new();
+        let mut puts = Vec::new();
+        for m in &batch {
+            let prev = self.raw.get(&m.object_ref).cloned();
+            let action = match &prev {
+                None => "created",
+                Some(v) if *v == m.raw => "unchanged",
+                Some(_) => "configured",
+            };
+            results.push(ObjectResult { object: m.object_ref.to_string(), action: action.into() });
+            if action == "unchanged" {
+                continue;
+            }
+            let prev_obj = prev.map(|v| (v, self.current_object(&m.object_ref)));
+            undo.previous.push((m.object_ref.clone(), prev_obj.and_then(|(v, o)| o.map(|o| (v, o)))));
+            touched.extend(self.catalog.upsert(&m.object_ref, m.object.clone()));
+            self.raw.insert(m.object_ref.clone(), m.raw.clone());
+            puts.push((m.object_ref.key(), m.raw.clone()));
+        }
+        let resolved = match self.validate(&touched, &batch) {
+            Ok(r) => r,
+            Err(es) => {
+                self.rollback(undo);
+                return Err(CoreError::Invalid(es));
+            }
+        };
+        if dry_run || puts.is_empty() {
+            self.rollback(undo);
+            return Ok(ChangeReport { results, dry_run, map_writes: 0, apply_us: t0.elapsed().as_micros() as u64, reconcile_us: 0 });
+        }
+        if let Err(e) = self.store.commit(&puts, &[]) {
+            self.rollback(undo);
+            return Err(e.into());
+        }
+        let t1 = Instant::now();
+        let writes = self.reconcile(resolved)?;
+        Ok(ChangeReport {
+            results,
+            dry_run,
+            map_writes: writes,
+            apply_us: t0.elapsed().as_micros() as u64,
+            reconcile_us: t1.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Delete objects as one change. A target that does not exist is an
+    /// error (and nothing is deleted) unless `ignore_not_found`.
+    pub fn delete(&mut self, targets: Vec<Target>, ignore_not_found: bool) -> Result<ChangeReport, CoreError> {
+        let t0 = Instant::now();
+        let mut errors = Vec::new();
+        let mut refs = Vec::new();
+        let mut results = Vec::new();
+        for t in targets {
+            let r = ObjectRef::new(t.kind, t.namespace, t.name);
+            if self.raw.contains_key(&r) {
+                if !refs.contains(&r) {
+                    refs.push(r.clone());
+                    results.push(ObjectResult { object: r.to_string(), action: "deleted".into() });
+                }
+            } else if ignore_not_found {
+                results.push(ObjectResult { object: r.to_string(), action: "not found".into() });
+            } else {
+                errors.push(ManifestError::new(&t.origin, r.to_string(), "metadata.name", "not found (nothing was deleted; --ignore-not-found skips missing objects)"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(CoreError::Invalid(errors));
+        }
+        let keys: Vec<String> = refs.iter().map(|r| r.key()).collect();
+        self.store.commit(&[], &keys)?;
+        let mut touched = BTreeSet::new();
+        for r in &refs {
+            touched.extend(self.catalog.remove(r));
+            self.raw.remove(r);
+        }
+        let t1 = Instant::now();
+        // Removing objects cannot create conflicts; a service whose slices
+        // went away simply has no backends.
+        let resolved = touched
+            .into_iter()
+            .map(|s| {
+                let ds = self.catalog.resolve(&s).unwrap_or_default();
+                (s, ds)
+            })
+            .collect();
+        let writes = self.reconcile(resolved)?;
+        Ok(ChangeReport {
+            results,
+            dry_run: false,
+            map_writes: writes,
+            apply_us: t0.elapsed().as_micros() as u64,
+            reconcile_us: t1.elapsed().as_micros() as u64,
+        })
+    }
+
+    fn reconcile(&mut self, resolved: Vec<(String, Vec<sluice_lb::DesiredFrontend>)>) -> Result<usize, CoreError> {
+        let mut ops: Vec<MapOp> = Vec::new();
+        for (name, ds) in resolved {
+            ops.extend(self.lb.set_service(&name, &ds));
+        }
+        self.maps.apply(&ops).map_err(|e| CoreError::Maps(e.to_string()))?;
+        Ok(ops.len())
+    }
+
+    fn current_object(&self, r: &ObjectRef) -> Option<Object> {
+        match r.kind {
+            Kind::Service => self.catalog.service(&format!("{}/{}", r.namespace, r.name)).cloned().map(Object::Service),
+            Kind::EndpointSlice => self.catalog.slice(r).cloned().map(Object::EndpointSlice),
+        }
+    }
+
+    fn rollback(&mut self, undo: Undo) {
+        for (r, prev) in undo.previous.into_iter().rev() {
+            match prev {
+                Some((v, o)) => {
+                    self.catalog.upsert(&r, o);
+                    self.raw.insert(r, v);
+                }
+                None => {
+                    self.catalog.remove(&r);
+                    self.raw.remove(&r);
+                }
+            }
+        }
+    }
+
+    /// Resolve every touched service and check it against every other
+    /// service's frontends, including the others in this batch.
+    fn validate(
+        &self,
+        touched: &BTreeSet<String>,
+        batch: &[Manifest],
+    ) -> Result<Vec<(String, Vec<sluice_lb::DesiredFrontend>)>, Vec<ManifestError>> {
+        let mut errors = Vec::new();
+        let mut out = Vec::new();
+        let mut claimed: HashMap<FrontendKey, String> = HashMap::new();
+        for name in touched {
+            match self.catalog.resolve(name) {
+                Ok(ds) => {
+                    for d in &ds {
+                        // Services touched by this batch are checked against
+                        // each other through `claimed`; the rest through the
+                        // owners the maps record.
+                        let other = match claimed.get(&d.key) {
+                            Some(o) if o != name => Some(o.clone()),
+                            Some(_) => None,
+                            None => self
+                                .lb
+                                .check(name, std::slice::from_ref(d))
+                                .err()
+                                .map(|c| c.owner)
+                                .filter(|o| !touched.contains(o)),
+                        };
+                        if let Some(o) = other {
+                            let (origin, object) = blame(batch, name);
+                            let field = if d.key.scope == Scope::NodePort { "spec.ports[].nodePort" } else { "spec" };
+                            errors.push(ManifestError::new(
+                                &origin,
+                                object,
+                                field,
+                                format!("{} {} is already used by Service {o}", kind_of(d.key), d.key),
+                            ));
+                        }
+                        claimed.insert(d.key, name.clone());
+                    }
+                    out.push((name.clone(), ds));
+                }
+                Err(es) => {
+                    for e in es {
+                        let (origin, object) = blame(batch, name);
+                        let object = if object == e.object.to_string() { object } else { format!("{object} (for {})", e.object) };
+                        errors.push(ManifestError::new(&origin, object, e.field, e.message));
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Give NodePort and LoadBalancer ports without a nodePort one from the
+    /// NodePort range, keeping the one a previous version of the object had.
+    fn allocate_node_ports(&self, batch: &mut [Manifest]) -> Result<(), CoreError> {
+        let replaced: BTreeSet<String> = batch
+            .iter()
+            .filter(|m| m.object_ref.kind == Kind::Service)
+            .map(|m| format!("{}/{}", m.object_ref.namespace, m.object_ref.name))
+            .collect();
+        let mut used: BTreeSet<u16> = BTreeSet::new();
+        for (name, svc) in self.catalog.services() {
+            if !replaced.contains(name) {
+                used.extend(svc.spec.ports.iter().filter_map(|p| p.node_port).map(|p| p as u16));
+            }
+        }
+        for m in batch.iter() {
+            if let Object::Service(s) = &m.object {
+                used.extend(s.spec.ports.iter().filter_map(|p| p.node_port).map(|p| p as u16));
+            }
+        }
+        for m in batch.iter_mut() {
+            let Object::Service(svc) = &mut m.object else { continue };
+            if !svc.has_node_ports() || svc.spec.type_ == ServiceType::ExternalName {
+                continue;
+            }
+            let previous = self.catalog.service(&format!("{}/{}", m.object_ref.namespace, m.object_ref.name)).cloned();
+            for (i, p) in svc.spec.ports.iter_mut().enumerate() {
+                if p.node_port.is_some() {
+                    continue;
+                }
+                let keep = previous
+                    .as_ref()
+                    .and_then(|prev| prev.spec.ports.iter().find(|q| q.name() == p.name() && q.protocol == p.protocol))
+                    .and_then(|q| q.node_port)
+                    .map(|n| n as u16);
+                let port = match keep.or_else(|| NODE_PORT_RANGE.clone().find(|n| !used.contains(n))) {
+                    Some(n) => n,
+                    None => {
+                        return Err(CoreError::Invalid(vec![ManifestError::new(
+                            &m.origin,
+                            m.object_ref.to_string(),
+                            format!("spec.ports[{i}].nodePort"),
+                            "no free node port left in 30000-32767",
+                        )]))
+                    }
+                };
+                used.insert(port);
+                p.node_port = Some(port as i64);
+                if let Some(ports) = m.raw.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+                    if let Some(obj) = ports.get_mut(i).and_then(Value::as_object_mut) {
+                        obj.insert("nodePort".into(), Value::from(port));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Frontends and backends read back from the maps, annotated with the
+    /// service that owns each frontend.
+    pub fn services(&self) -> Result<Vec<ServiceView>, CoreError> {
+        let dump = self.maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?;
+        Ok(views_from_dump(&dump, |k| self.lb.owner_of(k).map(|(s, p)| (s.to_string(), p.to_string()))))
+    }
+
+    pub fn lb_dump(&self) -> Result<LbDump, CoreError> {
+        self.maps.dump().map_err(|e| CoreError::Maps(e.to_string()))
+    }
+}
+
+/// Build the per-frontend view from a dump of the maps.
+pub fn views_from_dump(dump: &LbDump, owner: impl Fn(&FrontendKey) -> Option<(String, String)>) -> Vec<ServiceView> {
+    let mut out = Vec::new();
+    for (k, v) in dump.services.iter().filter(|(k, _)| k.slot == 0) {
+        let backends = (1..=v.count as u16)
+            .filter_map(|slot| dump.services.get(&sluice_lb::SvcKey { frontend: k.frontend, slot }))
+            .filter_map(|s| dump.backends.get(&s.backend_id).copied())
+            .collect();
+        let (service, port_name) = match owner(&k.frontend) {
+            Some((s, p)) => (Some(s), p),
+            None => (None, String::new()),
+        };
+        out.push(ServiceView {
+            service,
+            port_name,
+            frontend: k.frontend,
+            kind: flags_str(v.flags),
+            id: v.rev_nat_id,
+            affinity_timeout: (v.flags & sluice_lb::SVC_F_AFFINITY != 0).then_some(v.affinity_timeout),
+            backends,
+        });
+    }
+    out
+}
+
+fn kind_of(k: FrontendKey) -> &'static str {
+    match k.scope {
+        Scope::NodePort => "node port",
+        Scope::Vip => "frontend",
+    }
+}
+
+/// The batch document to name for a problem of service `name`: the Service
+/// itself if it is in the batch, else the first of its slices that is.
+fn blame(batch: &[Manifest], name: &str) -> (Origin, String) {
+    let svc = batch
+        .iter()
+        .find(|m| m.object_ref.kind == Kind::Service && service_of(&m.object_ref, None).as_deref() == Some(name));
+    let any = svc.or_else(|| batch.iter().find(|m| service_of(&m.object_ref, Some(&m.object)).as_deref() == Some(name)));
+    match any {
+        Some(m) => (m.origin.clone(), m.object_ref.to_string()),
+        None => (Origin::new("-", 0), format!("Service {name}")),
+    }
+}

@@ -1,0 +1,173 @@
+//! The kernel's load-balancing maps, opened from their pins.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use serde::{Deserialize, Serialize};
+use sluice_lb::{LbDump, LbMaps, MapOp};
+
+use crate::encode::*;
+use crate::loader::{check_sizes, open_pinned};
+use crate::skel::types::{
+    sl_affinity_match_key, sl_addr, sl_backend, sl_revnat, sl_svc_key, sl_svc_val,
+};
+use crate::DatapathError;
+
+/// Counter names, indexed like `enum sl_metric` in `bpf/include/metrics.h`.
+pub const METRIC_NAMES: &[&str] = &[
+    "translated_connect",
+    "translated_sendmsg",
+    "revnat_recvmsg",
+    "revnat_getpeername",
+    "reject_no_backend",
+    "reject_backend_missing",
+    "affinity_hit",
+    "revnat_map_full",
+    "reject_family_mismatch",
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metric {
+    pub name: String,
+    pub value: u64,
+}
+
+pub struct KernelMaps {
+    svc: MapHandle,
+    be: MapHandle,
+    rnat: MapHandle,
+    skrn: MapHandle,
+    affm: MapHandle,
+    node: MapHandle,
+    metrics: MapHandle,
+}
+
+fn open_checked<K, V>(pin_dir: &Path, name: &str) -> Result<MapHandle, DatapathError> {
+    let h = open_pinned(pin_dir, name)?;
+    check_sizes(&h, name, std::mem::size_of::<K>(), std::mem::size_of::<V>())?;
+    Ok(h)
+}
+
+impl KernelMaps {
+    pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        use crate::skel::types::{sl_sock_revnat_key, sl_sock_revnat_val, sl_node_addr_val, sl_metric_val};
+        Ok(KernelMaps {
+            svc: open_checked::<sl_svc_key, sl_svc_val>(pin_dir, "sl_lb_svc_v1")?,
+            be: open_checked::<u32, sl_backend>(pin_dir, "sl_lb_be_v1")?,
+            rnat: open_checked::<u32, sl_revnat>(pin_dir, "sl_lb_rnat_v1")?,
+            skrn: open_checked::<sl_sock_revnat_key, sl_sock_revnat_val>(pin_dir, "sl_lb_skrn_v1")?,
+            affm: open_checked::<sl_affinity_match_key, u32>(pin_dir, "sl_lb_affm_v1")?,
+            node: open_checked::<sl_addr, sl_node_addr_val>(pin_dir, "sl_node_addr_v1")?,
+            metrics: open_checked::<u32, sl_metric_val>(pin_dir, "sl_metrics_v1")?,
+        })
+    }
+
+    /// Make the node-address map hold exactly `addrs`; returns whether it changed.
+    pub fn set_node_addrs(&self, addrs: &BTreeSet<IpAddr>) -> Result<bool, DatapathError> {
+        let have: BTreeSet<IpAddr> = self
+            .node
+            .keys()
+            .filter_map(|k| sl_addr::from_bytes(&k))
+            .map(|a| addr_from_c(&a))
+            .collect();
+        let zero = [0u8; 4];
+        for a in addrs.difference(&have) {
+            self.node
+                .update(addr_to_c(*a).as_bytes(), &zero, MapFlags::ANY)
+                .map_err(DatapathError::bpf(format!("adding node address {a}")))?;
+        }
+        for a in have.difference(addrs) {
+            self.node
+                .delete(addr_to_c(*a).as_bytes())
+                .map_err(DatapathError::bpf(format!("removing node address {a}")))?;
+        }
+        Ok(have != *addrs)
+    }
+
+    pub fn node_addrs(&self) -> Vec<IpAddr> {
+        self.node.keys().filter_map(|k| sl_addr::from_bytes(&k)).map(|a| addr_from_c(&a)).collect()
+    }
+
+    /// Sums of the per-CPU counters.
+    pub fn metrics(&self) -> Result<Vec<Metric>, DatapathError> {
+        let mut out = Vec::new();
+        for (i, name) in METRIC_NAMES.iter().enumerate() {
+            let per_cpu = self
+                .metrics
+                .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(DatapathError::bpf("reading counters"))?
+                .unwrap_or_default();
+            let value = per_cpu.iter().filter_map(|b| u64::from_bytes(&b[..8])).sum();
+            out.push(Metric { name: name.to_string(), value });
+        }
+        Ok(out)
+    }
+
+    /// Entries in the per-socket reverse-translation map.
+    pub fn sock_revnat_entries(&self) -> usize {
+        self.skrn.keys().count()
+    }
+}
+
+impl LbMaps for KernelMaps {
+    type Error = DatapathError;
+
+    fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
+        for op in ops {
+            let r = match op {
+                MapOp::UpsertService(k, v) => {
+                    self.svc.update(svc_key_to_c(k).as_bytes(), svc_val_to_c(v).as_bytes(), MapFlags::ANY)
+                }
+                MapOp::DeleteService(k) => self.svc.delete(svc_key_to_c(k).as_bytes()),
+                MapOp::UpsertBackend(id, b) => self.be.update(id.as_bytes(), backend_to_c(b).as_bytes(), MapFlags::ANY),
+                MapOp::DeleteBackend(id) => self.be.delete(id.as_bytes()),
+                MapOp::UpsertRevNat(id, f) => self.rnat.update(id.as_bytes(), revnat_to_c(f).as_bytes(), MapFlags::ANY),
+                MapOp::DeleteRevNat(id) => self.rnat.delete(id.as_bytes()),
+                MapOp::UpsertAffinityMatch { backend_id, rev_nat_id } => self.affm.update(
+                    sl_affinity_match_key { backend_id: *backend_id, rev_nat_id: *rev_nat_id }.as_bytes(),
+                    &1u32.to_ne_bytes(),
+                    MapFlags::ANY,
+                ),
+                MapOp::DeleteAffinityMatch { backend_id, rev_nat_id } => self
+                    .affm
+                    .delete(sl_affinity_match_key { backend_id: *backend_id, rev_nat_id: *rev_nat_id }.as_bytes()),
+            };
+            r.map_err(DatapathError::bpf(format!("map write {op:?}")))?;
+        }
+        Ok(())
+    }
+
+    fn dump(&self) -> Result<LbDump, DatapathError> {
+        let mut d = LbDump::default();
+        for k in self.svc.keys() {
+            let Some(v) = self.svc.lookup(&k, MapFlags::ANY).map_err(DatapathError::bpf("reading services"))? else {
+                continue; // deleted while we walked
+            };
+            if let (Some(k), Some(v)) = (sl_svc_key::from_bytes(&k), sl_svc_val::from_bytes(&v)) {
+                d.services.insert(svc_key_from_c(&k), svc_val_from_c(&v));
+            }
+        }
+        for k in self.be.keys() {
+            if let Some(v) = self.be.lookup(&k, MapFlags::ANY).map_err(DatapathError::bpf("reading backends"))? {
+                if let (Some(id), Some(b)) = (u32::from_bytes(&k), sl_backend::from_bytes(&v)) {
+                    d.backends.insert(id, backend_from_c(&b));
+                }
+            }
+        }
+        for k in self.rnat.keys() {
+            if let Some(v) = self.rnat.lookup(&k, MapFlags::ANY).map_err(DatapathError::bpf("reading revnat"))? {
+                if let (Some(id), Some(r)) = (u32::from_bytes(&k), sl_revnat::from_bytes(&v)) {
+                    d.revnat.insert(id, revnat_from_c(&r));
+                }
+            }
+        }
+        for k in self.affm.keys() {
+            if let Some(m) = sl_affinity_match_key::from_bytes(&k) {
+                d.affinity_match.insert((m.backend_id, m.rev_nat_id));
+            }
+        }
+        Ok(d)
+    }
+}

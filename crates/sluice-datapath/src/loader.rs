@@ -1,0 +1,208 @@
+//! Install, adopt and remove the datapath.
+
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, OpenObject};
+use serde::{Deserialize, Serialize};
+
+use crate::skel::SockSkelBuilder;
+use crate::{fsutil, DatapathError, LAYOUT_VERSION};
+
+/// Maps pinned under `<pin_dir>/maps/`: the C names carry the layout version.
+pub const MAPS: &[&str] = &[
+    "sl_lb_svc_v1",
+    "sl_lb_be_v1",
+    "sl_lb_rnat_v1",
+    "sl_lb_skrn_v1",
+    "sl_lb_aff_v1",
+    "sl_lb_affm_v1",
+    "sl_node_addr_v1",
+    "sl_metrics_v1",
+];
+
+/// Programs and the link pin each is attached through.
+pub const PROGRAMS: &[&str] = &[
+    "sl_connect4",
+    "sl_connect6",
+    "sl_sendmsg4",
+    "sl_sendmsg6",
+    "sl_recvmsg4",
+    "sl_recvmsg6",
+    "sl_getpeername4",
+    "sl_getpeername6",
+];
+
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    /// Where maps and links are pinned; on a bpffs (mounted if missing).
+    pub pin_dir: PathBuf,
+    /// The cgroup v2 directory whose sockets are translated.
+    pub cgroup: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub program: String,
+    pub pin: String,
+    /// `attached` (new link), `adopted` (pinned link, program replaced), or
+    /// what went wrong.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallReport {
+    pub pin_dir: String,
+    pub cgroup: String,
+    pub mounted_bpffs: bool,
+    /// Maps that existed before and were reused.
+    pub adopted_maps: Vec<String>,
+    pub links: Vec<LinkStatus>,
+}
+
+pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join("maps").join(name)
+}
+
+pub fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
+    pin_dir.join("links").join(format!("{prog}_v{LAYOUT_VERSION}"))
+}
+
+/// Load the programs, reuse or create and pin the maps, and attach: a link
+/// pinned by an earlier agent gets the new program swapped in atomically,
+/// otherwise a new link is made and pinned.
+pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
+    let mounted_bpffs = fsutil::ensure_bpffs(&cfg.pin_dir)?;
+    let host_cookie = fsutil::netns_cookie()?;
+
+    let mut storage = Box::new(MaybeUninit::<OpenObject>::uninit());
+    let mut open = SockSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(DatapathError::bpf("opening the BPF object"))?;
+    open.maps.rodata_data.as_deref_mut().map(|r| r.sl_host_netns_cookie = host_cookie);
+
+    let mut adopted_maps = Vec::new();
+    for mut m in open.open_object_mut().maps_mut() {
+        let name = m.name().to_string_lossy().to_string();
+        if !MAPS.contains(&name.as_str()) {
+            continue; // .rodata and friends are per-load
+        }
+        let path = map_pin(&cfg.pin_dir, &name);
+        if path.exists() {
+            adopted_maps.push(name.clone());
+        }
+        m.set_pin_path(&path).map_err(DatapathError::bpf(format!("pin path for {name}")))?;
+    }
+    let skel = open.load().map_err(|e| DatapathError::Bpf {
+        what: "loading the datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
+        source: e,
+    })?;
+
+    let cg = std::fs::File::open(&cfg.cgroup).map_err(DatapathError::io(format!("opening cgroup {}", cfg.cgroup.display())))?;
+    let mut links = Vec::new();
+    for prog in skel.object().progs_mut() {
+        let name = prog.name().to_string_lossy().to_string();
+        if !PROGRAMS.contains(&name.as_str()) {
+            continue;
+        }
+        let pin = link_pin(&cfg.pin_dir, &name);
+        let state = if pin.exists() {
+            let mut link = Link::open(&pin).map_err(DatapathError::bpf(format!("opening link {}", pin.display())))?;
+            link.update_prog(&prog).map_err(DatapathError::bpf(format!("replacing the program of {}", pin.display())))?;
+            "adopted"
+        } else {
+            let mut link = prog
+                .attach_cgroup(cg.as_fd().as_raw_fd_compat())
+                .map_err(DatapathError::bpf(format!("attaching {name} to {}", cfg.cgroup.display())))?;
+            link.pin(&pin).map_err(DatapathError::bpf(format!("pinning {}", pin.display())))?;
+            "attached"
+        };
+        links.push(LinkStatus { program: name, pin: pin.display().to_string(), state: state.into() });
+    }
+    Ok(InstallReport {
+        pin_dir: cfg.pin_dir.display().to_string(),
+        cgroup: cfg.cgroup.display().to_string(),
+        mounted_bpffs,
+        adopted_maps,
+        links,
+    })
+}
+
+trait RawFdCompat {
+    fn as_raw_fd_compat(&self) -> i32;
+}
+impl RawFdCompat for std::os::fd::BorrowedFd<'_> {
+    fn as_raw_fd_compat(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd()
+    }
+}
+
+/// State of each link pin, without changing anything.
+pub fn link_status(pin_dir: &Path) -> Vec<LinkStatus> {
+    PROGRAMS
+        .iter()
+        .map(|p| {
+            let pin = link_pin(pin_dir, p);
+            let state = match Link::open(&pin) {
+                Ok(_) => "attached".to_string(),
+                Err(_) if !pin.exists() => "missing".to_string(),
+                Err(e) => format!("unreadable: {e}"),
+            };
+            LinkStatus { program: p.to_string(), pin: pin.display().to_string(), state }
+        })
+        .collect()
+}
+
+/// Detach every program and remove every pin: the datapath is gone and
+/// sockets are no longer translated.
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
+    let mut removed = Vec::new();
+    for p in PROGRAMS {
+        let pin = link_pin(pin_dir, p);
+        if let Ok(mut link) = Link::open(&pin) {
+            let _ = link.detach();
+            let _ = link.unpin();
+            removed.push(pin.display().to_string());
+        } else if pin.exists() {
+            std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
+            removed.push(pin.display().to_string());
+        }
+    }
+    for m in MAPS {
+        let pin = map_pin(pin_dir, m);
+        if pin.exists() {
+            std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
+            removed.push(pin.display().to_string());
+        }
+    }
+    for sub in ["links", "maps", ""] {
+        let _ = std::fs::remove_dir(pin_dir.join(sub));
+    }
+    Ok(removed)
+}
+
+/// Used by `KernelMaps` to check the pinned map matches this build.
+pub(crate) fn open_pinned(pin_dir: &Path, name: &str) -> Result<libbpf_rs::MapHandle, DatapathError> {
+    let path = map_pin(pin_dir, name);
+    libbpf_rs::MapHandle::from_pinned_path(&path).map_err(|e| DatapathError::Bpf {
+        what: format!("opening {} (is the agent running, or was the datapath installed?)", path.display()),
+        source: e,
+    })
+}
+
+pub(crate) fn check_sizes(h: &libbpf_rs::MapHandle, name: &str, key: usize, value: usize) -> Result<(), DatapathError> {
+    if h.key_size() as usize != key || h.value_size() as usize != value {
+        return Err(DatapathError::Layout {
+            map: name.into(),
+            message: format!(
+                "pinned map has key/value sizes {}/{}, this build expects {key}/{value}",
+                h.key_size(),
+                h.value_size()
+            ),
+        });
+    }
+    Ok(())
+}

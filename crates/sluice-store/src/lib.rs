@@ -1,0 +1,103 @@
+//! The embedded store of applied objects.
+//!
+//! One redb database, `<state-dir>/objects.redb`, one table from the object
+//! key (`Kind/namespace/name`) to the object as applied (JSON). An apply or
+//! delete is one write transaction: after a crash the store holds either
+//! all of it or none of it.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects_v1");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("store {path}: object {key} is not valid JSON: {source}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (or create) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join("objects.redb");
+        let err = |e: &dyn std::fmt::Display| StoreError::Db { path: path.clone(), message: e.to_string() };
+        std::fs::create_dir_all(state_dir).map_err(|e| err(&e))?;
+        let db = Database::create(&path).map_err(|e| err(&e))?;
+        let tx = db.begin_write().map_err(|e| err(&e))?;
+        tx.open_table(OBJECTS).map_err(|e| err(&e))?;
+        tx.commit().map_err(|e| err(&e))?;
+        Ok(Store { db, path })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// Every stored object, in key order.
+    pub fn load_all(&self) -> Result<Vec<(String, Value)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(OBJECTS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(|e| self.err(e))? {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            let key = k.value().to_string();
+            let val = serde_json::from_slice(v.value())
+                .map_err(|source| StoreError::Corrupt { path: self.path.clone(), key: key.clone(), source })?;
+            out.push((key, val));
+        }
+        Ok(out)
+    }
+
+    /// Write `puts` and remove `deletes` in one transaction.
+    pub fn commit(&self, puts: &[(String, Value)], deletes: &[String]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(OBJECTS).map_err(|e| self.err(e))?;
+            for (k, v) in puts {
+                let bytes = serde_json::to_vec(v).expect("JSON values serialise");
+                t.insert(k.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+            }
+            for k in deletes {
+                t.remove(k.as_str()).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.commit(&[("Service/a/x".into(), serde_json::json!({"k": 1})), ("Service/a/y".into(), serde_json::json!(2))], &[])
+                .unwrap();
+            s.commit(&[], &["Service/a/y".into()]).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.load_all().unwrap(), vec![("Service/a/x".to_string(), serde_json::json!({"k": 1}))]);
+    }
+}

@@ -1,0 +1,494 @@
+//! Command-line interface.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_api::{call, Document, Request, Response, Target, DEFAULT_SOCKET};
+use sluice_lb::LbMaps;
+use sluice_model::{parse_documents, Kind, ManifestError};
+
+use crate::output::{json, table, Format};
+
+const LONG_ABOUT: &str = "\
+Sluice replaces kube-proxy with eBPF: services are translated at the socket
+(connect, sendmsg, recvmsg, getpeername) with no iptables rule.
+
+Standalone, on one host:
+  sluice agent &                      # load the datapath, serve the API
+  sluice apply -f service.yaml        # Services and EndpointSlices
+  sluice service list                 # what the maps hold, per frontend
+  sluice status                       # is the datapath attached? counters
+
+Stopping the agent leaves the datapath running; the next agent adopts it.
+`sluice datapath uninstall` removes it.";
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "eBPF service load balancing for Kubernetes-style networking", long_about = LONG_ABOUT)]
+struct Cli {
+    /// The agent's API socket (root only).
+    #[arg(long, global = true, env = "SLUICE_API_SOCKET", default_value = DEFAULT_SOCKET)]
+    api_socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the node agent: load and attach the datapath, adopt what an
+    /// earlier agent left pinned, and serve the API until SIGINT/SIGTERM.
+    Agent(AgentArgs),
+    /// Create or update objects from manifests (YAML or JSON, many documents
+    /// per file). All of them are applied, or on any error none.
+    Apply(ApplyArgs),
+    /// Delete the objects named in manifests. All of them, or on any error none.
+    Delete(DeleteArgs),
+    /// Show applied objects.
+    Get(GetArgs),
+    /// Services as the datapath sees them.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Inspect the BPF maps directly (works while the agent is down).
+    #[command(subcommand)]
+    Bpf(BpfCmd),
+    /// Agent and datapath health: programs attached, object counts, counters.
+    Status(OutArgs),
+    /// Manage the loaded datapath.
+    #[command(subcommand)]
+    Datapath(DatapathCmd),
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// Directory of the embedded store of applied objects.
+    #[arg(long, default_value = "/var/lib/sluice")]
+    state_dir: PathBuf,
+    /// cgroup v2 directory whose sockets are translated [default: the cgroup v2 root, from mountinfo].
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Directory on a bpffs where maps and links are pinned (bpffs is mounted on /sys/fs/bpf if missing).
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    bpffs: PathBuf,
+    /// How often the node's addresses (NodePort targets) are re-read, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    node_addr_refresh: f64,
+    /// Log filter (tracing syntax), e.g. `info` or `sluice_agent=debug`.
+    #[arg(long, env = "SLUICE_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Args, Debug)]
+struct FileArgs {
+    /// A manifest file, a directory of them (*.yaml, *.yml, *.json), or `-` for standard input. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct OutArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Validate against the running state and report what would change, without changing it.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+#[derive(Args, Debug)]
+struct DeleteArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Skip objects that do not exist instead of failing.
+    #[arg(long)]
+    ignore_not_found: bool,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GetKind {
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    #[value(alias = "endpointslice", alias = "eps")]
+    Endpointslices,
+}
+
+#[derive(Args, Debug)]
+struct GetArgs {
+    /// What to list.
+    kind: GetKind,
+    /// Only this namespace.
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Each frontend with its backends, as read back from the maps.
+    List(OutArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfCmd {
+    /// Load-balancing maps.
+    #[command(subcommand)]
+    Lb(BpfLbCmd),
+    /// Datapath counters, by reason.
+    Metrics(BpfArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfLbCmd {
+    /// Raw contents of the service, backend, reverse-NAT and affinity-match maps.
+    List(BpfArgs),
+}
+
+#[derive(Args, Debug)]
+struct BpfArgs {
+    /// Pin directory of the datapath.
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    bpffs: PathBuf,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum DatapathCmd {
+    /// Detach the programs and remove every pinned map and link. Sockets
+    /// are no longer translated afterwards. Stop the agent first.
+    Uninstall {
+        #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+        bpffs: PathBuf,
+    },
+}
+
+pub fn main() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    let sock = cli.api_socket.clone();
+    match cli.cmd {
+        Cmd::Agent(a) => agent(a, cli.api_socket),
+        Cmd::Apply(a) => {
+            let documents = read_documents(&a.files.files)?;
+            if documents.is_empty() {
+                bail!("no objects found in {}", a.files.files.join(", "));
+            }
+            change(&sock, Request::Apply { documents, dry_run: a.dry_run }, a.out.output)
+        }
+        Cmd::Delete(a) => {
+            let mut targets = Vec::new();
+            for d in read_documents(&a.files.files)? {
+                let kind = match d.raw.get("kind").and_then(|k| k.as_str()) {
+                    Some("Service") => Kind::Service,
+                    Some("EndpointSlice") => Kind::EndpointSlice,
+                    _ => unreachable!("read_documents checked the kind"),
+                };
+                let meta = d.raw.get("metadata");
+                let s = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(String::from);
+                targets.push(Target {
+                    origin: d.origin,
+                    kind,
+                    namespace: s("namespace").unwrap_or_else(|| "default".into()),
+                    name: s("name").unwrap_or_default(),
+                });
+            }
+            change(&sock, Request::Delete { targets, ignore_not_found: a.ignore_not_found }, a.out.output)
+        }
+        Cmd::Get(g) => get(&sock, g),
+        Cmd::Service(ServiceCmd::List(o)) => service_list(&sock, o.output),
+        Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List(b))) => bpf_lb_list(&b),
+        Cmd::Bpf(BpfCmd::Metrics(b)) => bpf_metrics(&b),
+        Cmd::Status(o) => status(&sock, o.output),
+        Cmd::Datapath(DatapathCmd::Uninstall { bpffs }) => {
+            let removed = sluice_datapath::uninstall(&bpffs)?;
+            if removed.is_empty() {
+                println!("nothing pinned under {}", bpffs.display());
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&a.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    if !(0.1..=3600.0).contains(&a.node_addr_refresh) {
+        bail!("--node-addr-refresh must be between 0.1 and 3600 seconds");
+    }
+    let cfg = sluice_agent::AgentConfig {
+        state_dir: a.state_dir,
+        cgroup: a.cgroup,
+        pin_dir: a.bpffs,
+        api_socket,
+        node_addr_refresh: Duration::from_secs_f64(a.node_addr_refresh),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(sluice_agent::run(cfg))?;
+    Ok(0)
+}
+
+/// Read and check every document locally, so that syntax errors are
+/// reported (all of them) before anything is sent.
+fn read_documents(files: &[String]) -> anyhow::Result<Vec<Document>> {
+    let mut paths: Vec<String> = Vec::new();
+    for f in files {
+        let p = Path::new(f);
+        if f != "-" && p.is_dir() {
+            let mut entries: Vec<String> = std::fs::read_dir(p)
+                .with_context(|| format!("reading directory {f}"))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")))
+                .map(|p| p.display().to_string())
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                bail!("{f}: no *.yaml, *.yml or *.json files in this directory");
+            }
+            paths.extend(entries);
+        } else {
+            paths.push(f.clone());
+        }
+    }
+    let mut docs = Vec::new();
+    let mut errors: Vec<ManifestError> = Vec::new();
+    for p in paths {
+        let text = if p == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+            s
+        } else {
+            std::fs::read_to_string(&p).with_context(|| format!("reading {p}"))?
+        };
+        match parse_documents(&p, &text) {
+            Ok(ms) => docs.extend(ms.into_iter().map(|m| Document { origin: m.origin, raw: m.raw })),
+            Err(es) => errors.extend(es),
+        }
+    }
+    if !errors.is_empty() {
+        print_invalid(&errors);
+        bail!("{} error(s) in the manifests; nothing was sent to the agent", errors.len());
+    }
+    Ok(docs)
+}
+
+fn print_invalid(errors: &[ManifestError]) {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+}
+
+fn request(sock: &Path, req: &Request) -> anyhow::Result<Response> {
+    Ok(call(sock, req)?)
+}
+
+/// Print an error reply; returns the exit code.
+fn fail(resp: &Response, out: Format) -> i32 {
+    if out == Format::Json {
+        json(resp);
+    }
+    if let Response::Error { message, invalid } = resp {
+        print_invalid(invalid);
+        eprintln!("error: {message}");
+    }
+    1
+}
+
+fn change(sock: &Path, req: Request, out: Format) -> anyhow::Result<i32> {
+    let resp = request(sock, &req)?;
+    match &resp {
+        Response::Changed(r) => {
+            if out == Format::Json {
+                json(&resp);
+            } else {
+                let suffix = if r.dry_run { " (dry run)" } else { "" };
+                for o in &r.results {
+                    println!("{} {}{suffix}", o.object, o.action);
+                }
+                if !r.dry_run {
+                    println!("{} map writes in {} us", r.map_writes, r.reconcile_us);
+                }
+            }
+            Ok(0)
+        }
+        _ => Ok(fail(&resp, out)),
+    }
+}
+
+fn get(sock: &Path, g: GetArgs) -> anyhow::Result<i32> {
+    let kind = match g.kind {
+        GetKind::Services => Kind::Service,
+        GetKind::Endpointslices => Kind::EndpointSlice,
+    };
+    let resp = request(sock, &Request::Get { kind })?;
+    let Response::Objects { items } = &resp else { return Ok(fail(&resp, g.out.output)) };
+    let ns_of = |v: &serde_json::Value| {
+        v.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or("default").to_string()
+    };
+    let items: Vec<&serde_json::Value> =
+        items.iter().filter(|v| g.namespace.as_ref().map(|n| *n == ns_of(v)).unwrap_or(true)).collect();
+    match g.out.output {
+        Format::Json => json(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})),
+        Format::Yaml => {
+            for v in &items {
+                print!("---\n{}", serde_yaml_ng::to_string(v)?);
+            }
+        }
+        Format::Text => {
+            let s = |v: &serde_json::Value, p: &str| v.pointer(p).map(short).unwrap_or_default();
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| match kind {
+                    Kind::Service => vec![
+                        ns_of(v),
+                        s(v, "/metadata/name"),
+                        v.pointer("/spec/type").and_then(|t| t.as_str()).unwrap_or("ClusterIP").to_string(),
+                        s(v, "/spec/clusterIP"),
+                        ports(v),
+                    ],
+                    Kind::EndpointSlice => vec![
+                        ns_of(v),
+                        s(v, "/metadata/name"),
+                        s(v, "/metadata/labels/kubernetes.io~1service-name"),
+                        s(v, "/addressType"),
+                        endpoints(v),
+                    ],
+                })
+                .collect();
+            match kind {
+                Kind::Service => table(&["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)"], &rows),
+                Kind::EndpointSlice => table(&["NAMESPACE", "NAME", "SERVICE", "ADDRESSTYPE", "ENDPOINTS"], &rows),
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn short(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn ports(v: &serde_json::Value) -> String {
+    let ps = v.pointer("/spec/ports").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    ps.iter()
+        .map(|p| {
+            let port = p.get("port").map(short).unwrap_or_default();
+            let proto = p.get("protocol").and_then(|x| x.as_str()).unwrap_or("TCP");
+            match p.get("nodePort") {
+                Some(np) => format!("{port}:{}/{proto}", short(np)),
+                None => format!("{port}/{proto}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn endpoints(v: &serde_json::Value) -> String {
+    let eps = v.pointer("/endpoints").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    let list: Vec<String> = eps
+        .iter()
+        .flat_map(|e| e.get("addresses").and_then(|a| a.as_array()).cloned().unwrap_or_default())
+        .map(|a| short(&a))
+        .collect();
+    if list.is_empty() {
+        "<none>".into()
+    } else {
+        list.join(",")
+    }
+}
+
+fn service_list(sock: &Path, out: Format) -> anyhow::Result<i32> {
+    let resp = request(sock, &Request::Services)?;
+    let Response::Services { items } = &resp else { return Ok(fail(&resp, out)) };
+    if out != Format::Text {
+        json(items);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|v| {
+            let svc = match (&v.service, v.port_name.as_str()) {
+                (Some(s), "") => s.clone(),
+                (Some(s), p) => format!("{s}:{p}"),
+                (None, _) => "<unowned>".into(),
+            };
+            let backends = if v.backends.is_empty() {
+                "<none: connects refused>".to_string()
+            } else {
+                v.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+            };
+            let kind = match v.affinity_timeout {
+                Some(t) => format!("{} ({t}s)", v.kind),
+                None => v.kind.clone(),
+            };
+            vec![v.id.to_string(), v.frontend.to_string(), svc, kind, backends]
+        })
+        .collect();
+    table(&["ID", "FRONTEND", "SERVICE", "FLAGS", "BACKENDS"], &rows);
+    Ok(0)
+}
+
+fn bpf_lb_list(b: &BpfArgs) -> anyhow::Result<i32> {
+    let maps = sluice_datapath::KernelMaps::open(&b.bpffs)?;
+    let dump = maps.dump()?;
+    match b.out.output {
+        Format::Text => print!("{}", dump.to_text()),
+        _ => json(&dump),
+    }
+    Ok(0)
+}
+
+fn bpf_metrics(b: &BpfArgs) -> anyhow::Result<i32> {
+    let maps = sluice_datapath::KernelMaps::open(&b.bpffs)?;
+    let m = maps.metrics()?;
+    match b.out.output {
+        Format::Text => table(&["COUNTER", "VALUE"], &m.iter().map(|m| vec![m.name.clone(), m.value.to_string()]).collect::<Vec<_>>()),
+        _ => json(&m),
+    }
+    Ok(0)
+}
+
+fn status(sock: &Path, out: Format) -> anyhow::Result<i32> {
+    let resp = request(sock, &Request::Status)?;
+    let Response::Status(s) = &resp else { return Ok(fail(&resp, out)) };
+    if out != Format::Text {
+        json(s);
+        return Ok(0);
+    }
+    println!("agent:      running (v{}, up {}s)", s.version, s.uptime_s);
+    println!("datapath:   {}", if s.datapath_loaded { "loaded, all programs attached" } else { "NOT fully attached" });
+    println!("cgroup:     {}", s.cgroup);
+    println!("pins:       {}", s.pin_dir);
+    println!("store:      {}", s.state_dir);
+    println!("objects:    {} services, {} endpoint slices", s.services, s.endpoint_slices);
+    println!("maps:       {} frontends, {} backends, {} socket reverse-NAT entries", s.frontends, s.backends, s.sock_revnat_entries);
+    println!("node addrs: {}", if s.node_addresses.is_empty() { "-".into() } else { s.node_addresses.join(", ") });
+    println!("programs:");
+    for l in &s.links {
+        println!("  {:<18} {}", l.program, l.state);
+    }
+    println!("counters:");
+    for (n, v) in &s.counters {
+        println!("  {n:<24} {v}");
+    }
+    Ok(if s.datapath_loaded { 0 } else { 2 })
+}
