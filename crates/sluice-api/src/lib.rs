@@ -113,13 +113,13 @@ pub enum Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {path}: {source} (is `sluice agent` running? see --api-socket)")]
+    #[error("cannot reach the agent at {path} (is `sluice agent` running? see --api-socket)")]
     Connect {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("talking to the agent: {0}")]
+    #[error("talking to the agent")]
     Io(#[from] std::io::Error),
     #[error("the agent sent a reply this CLI does not understand: {0}")]
     Decode(#[from] serde_json::Error),
