@@ -1,0 +1,175 @@
+//! The agent's behaviour against in-memory maps: all-or-nothing applies,
+//! errors that name file, object and field, conflicts, node ports, restart.
+
+use serde_json::Value;
+use sluice_agent::core::CoreError;
+use sluice_agent::Core;
+use sluice_api::{Document, Target};
+use sluice_lb::{LbMaps, MemMaps};
+use sluice_model::{parse_documents, Kind, Origin};
+use sluice_store::Store;
+
+fn docs(file: &str, text: &str) -> Vec<Document> {
+    parse_documents(file, text).unwrap().into_iter().map(|m| Document { origin: m.origin, raw: m.raw }).collect()
+}
+
+fn raw_docs(file: &str, text: &str) -> Vec<Document> {
+    // Documents as sent by a client that skipped local checks.
+    text.split("---")
+        .enumerate()
+        .map(|(i, t)| {
+            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(t).unwrap();
+            Document { origin: Origin::new(file, i + 1), raw: serde_json::to_value(v).unwrap() }
+        })
+        .collect()
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 198.19.0.1
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [198.18.1.10]
+- addresses: [198.18.1.11]
+"#;
+
+fn core(dir: &std::path::Path) -> Core<MemMaps> {
+    Core::new(Store::open(dir).unwrap(), MemMaps::default()).unwrap().0
+}
+
+fn invalid(r: Result<sluice_api::ChangeReport, CoreError>) -> Vec<sluice_model::ManifestError> {
+    match r {
+        Err(CoreError::Invalid(es)) => es,
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn apply_programs_the_maps_and_reports_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    let r = c.apply(docs("web.yaml", WEB), false).unwrap();
+    let actions: Vec<&str> = r.results.iter().map(|o| o.action.as_str()).collect();
+    assert_eq!(actions, ["created", "created"]);
+    let v = c.services().unwrap();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].service.as_deref(), Some("default/web"));
+    assert_eq!(v[0].backends.len(), 2);
+    let r = c.apply(docs("web.yaml", WEB), false).unwrap();
+    assert_eq!(r.map_writes, 0);
+    assert!(r.results.iter().all(|o| o.action == "unchanged"));
+}
+
+#[test]
+fn a_bad_document_rejects_the_whole_batch_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    c.apply(docs("web.yaml", WEB), false).unwrap();
+    let before = c.lb_dump().unwrap();
+    // One good change (a third backend) and one bad service in the same batch.
+    let text = format!(
+        "{}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: bad}}\nspec:\n  clusterIP: 198.19.0.2\n  ports: [{{port: 99999}}]\n",
+        WEB.replace("- addresses: [198.18.1.11]", "- addresses: [198.18.1.11]\n- addresses: [198.18.1.12]")
+    );
+    let es = invalid(c.apply(raw_docs("batch.yaml", &text), false));
+    assert_eq!(es.len(), 1);
+    assert_eq!(es[0].origin, Origin::new("batch.yaml", 3));
+    assert_eq!(es[0].object, "Service default/bad");
+    assert_eq!(es[0].field, "spec.ports[0].port");
+    assert_eq!(c.lb_dump().unwrap(), before, "maps unchanged");
+    assert_eq!(c.get(Kind::Service).len(), 1, "catalog unchanged");
+}
+
+#[test]
+fn frontend_conflicts_are_refused_with_both_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    c.apply(docs("web.yaml", WEB), false).unwrap();
+    let other = "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: team}\nspec:\n  clusterIP: 198.19.0.1\n  ports: [{port: 80}]\n";
+    let es = invalid(c.apply(docs("other.yaml", other), false));
+    assert_eq!(es[0].object, "Service team/other");
+    assert!(es[0].message.contains("198.19.0.1:80/TCP") && es[0].message.contains("default/web"), "{}", es[0].message);
+    // Two new services claiming the same VIP in one batch.
+    let two = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  clusterIP: 198.19.0.7\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  clusterIP: 198.19.0.7\n  ports: [{port: 80}]\n";
+    let es = invalid(c.apply(docs("two.yaml", two), false));
+    assert_eq!(es.len(), 1);
+    assert_eq!(es[0].object, "Service default/b");
+    assert_eq!(c.get(Kind::Service).len(), 1);
+}
+
+#[test]
+fn a_named_target_port_nobody_offers_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    let text = WEB.replace("ports: [{name: http, port: 8080}]", "ports: [{name: metrics, port: 9090}]");
+    let es = invalid(c.apply(docs("web.yaml", &text), false));
+    assert_eq!(es[0].field, "spec.ports[0].targetPort");
+    assert_eq!(es[0].object, "Service default/web");
+    assert!(c.get(Kind::Service).is_empty());
+    assert!(c.lb_dump().unwrap().services.is_empty());
+}
+
+#[test]
+fn node_ports_are_allocated_kept_and_conflicts_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    let np = WEB.replace("clusterIP: 198.19.0.1", "type: NodePort\n  clusterIP: 198.19.0.1");
+    c.apply(docs("np.yaml", &np), false).unwrap();
+    let stored = c.get(Kind::Service);
+    assert_eq!(stored[0].pointer("/spec/ports/0/nodePort"), Some(&Value::from(30000)));
+    // Re-applying without a nodePort keeps the allocated one.
+    c.apply(docs("np.yaml", &np), false).unwrap();
+    assert_eq!(c.get(Kind::Service)[0].pointer("/spec/ports/0/nodePort"), Some(&Value::from(30000)));
+    let clash = "apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  type: NodePort\n  clusterIP: 198.19.0.3\n  ports: [{port: 80, nodePort: 30000}]\n";
+    let es = invalid(c.apply(docs("clash.yaml", clash), false));
+    assert!(es[0].message.contains("node port *:30000/TCP"), "{}", es[0].message);
+}
+
+#[test]
+fn dry_run_and_delete_are_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    let r = c.apply(docs("web.yaml", WEB), true).unwrap();
+    assert!(r.dry_run);
+    assert!(c.get(Kind::Service).is_empty());
+    c.apply(docs("web.yaml", WEB), false).unwrap();
+    let targets = vec![
+        Target { origin: Origin::new("d.yaml", 1), kind: Kind::Service, namespace: "default".into(), name: "web".into() },
+        Target { origin: Origin::new("d.yaml", 2), kind: Kind::Service, namespace: "default".into(), name: "nope".into() },
+    ];
+    let es = invalid(c.delete(targets.clone(), false));
+    assert_eq!(es[0].object, "Service default/nope");
+    assert_eq!(c.get(Kind::Service).len(), 1);
+    let r = c.delete(targets, true).unwrap();
+    assert_eq!(r.results[1].action, "not found");
+    assert!(c.lb_dump().unwrap().services.is_empty());
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let maps = {
+        let mut c = core(dir.path());
+        c.apply(docs("web.yaml", WEB), false).unwrap();
+        c.maps().clone()
+    };
+    let before = maps.dump().unwrap();
+    let (c, writes, warnings) = Core::new(Store::open(dir.path()).unwrap(), maps).unwrap();
+    assert_eq!(writes, 0);
+    assert!(warnings.is_empty());
+    assert_eq!(c.lb_dump().unwrap(), before);
+    drop(c);
+    // And one that finds maps emptied (e.g. after a reboot) rebuilds them.
+    let (c, writes, _) = Core::new(Store::open(dir.path()).unwrap(), MemMaps::default()).unwrap();
+    assert!(writes > 0);
+    assert_eq!(c.lb_dump().unwrap().services.len(), before.services.len());
+}
