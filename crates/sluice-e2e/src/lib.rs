@@ -1,0 +1,193 @@
+//! Harness for the end-to-end tests: a topology, a test cgroup, and an
+//! agent of our own with its own pins, store and socket. Everything is
+//! removed on drop, in order: agent, datapath pins, cgroup, namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use sluice_testbed::cgroup::TestCgroup;
+use sluice_testbed::netns::Netns;
+use sluice_testbed::proc::{run_in, spawn_in, Spawned};
+use sluice_testbed::topo::Topology;
+
+/// A built binary of the workspace, next to the test executable's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace` first", p.display());
+    p
+}
+
+/// Fails loudly without root: these tests must not pass by skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("the end-to-end tests load BPF programs and create namespaces: run them as root (scripts/test.sh does)");
+    }
+}
+
+pub struct Env {
+    pub agent: Option<Spawned>,
+    pub topo: Topology,
+    pub cgroup: TestCgroup,
+    pub pin_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    tmp: PathBuf,
+    servers: Vec<Spawned>,
+}
+
+impl Env {
+    pub fn new(name: &str, pods: usize) -> anyhow::Result<Env> {
+        require_root();
+        let topo = Topology::new(name, pods)?;
+        let cgroup = TestCgroup::new(&format!("sl-{name}"))?;
+        let id = format!("{name}-{}-{}", std::process::id(), unique());
+        let tmp = std::env::temp_dir().join(format!("sluice-e2e-{id}"));
+        std::fs::create_dir_all(&tmp)?;
+        let mut env = Env {
+            agent: None,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/sluice-e2e-{id}")),
+            state_dir: tmp.join("state"),
+            socket: tmp.join("agent.sock"),
+            log: tmp.join("agent.log"),
+            tmp,
+            topo,
+            cgroup,
+            servers: Vec::new(),
+        };
+        env.start_agent()?;
+        Ok(env)
+    }
+
+    /// Start the agent in the node's namespace, attached to the test cgroup.
+    pub fn start_agent(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let sluice = bin("sluice");
+        let args = [
+            "agent",
+            "--state-dir",
+            self.state_dir.to_str().unwrap(),
+            "--cgroup",
+            self.cgroup.path().to_str().unwrap(),
+            "--bpffs",
+            self.pin_dir.to_str().unwrap(),
+            "--api-socket",
+            self.socket.to_str().unwrap(),
+            "--node-addr-refresh",
+            "0.2",
+        ];
+        let child = sluice_testbed::proc::spawn_in_logged(Some(self.topo.node()), None, &sluice, &args, log)?;
+        self.agent = Some(child);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if self.cli(&["status"]).map(|o| o.status.success()).unwrap_or(false) {
+                // Node addresses are written right after start; wait for them.
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("agent did not come up; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// Kill the agent (SIGKILL: a crash, not a clean stop).
+    pub fn kill_agent(&mut self) {
+        self.agent = None; // Spawned's drop kills and reaps it
+    }
+
+    /// Run the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut a = vec!["--api-socket", self.socket.to_str().unwrap()];
+        a.extend_from_slice(args);
+        Ok(std::process::Command::new(bin("sluice")).args(&a).output()?)
+    }
+
+    /// Run the CLI and require success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args).expect("running sluice");
+        assert!(
+            o.status.success(),
+            "sluice {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    /// Apply manifest text (written to a file of ours).
+    pub fn apply(&self, name: &str, text: &str) -> String {
+        let p = self.tmp.join(name);
+        std::fs::write(&p, text).unwrap();
+        self.ok(&["apply", "-f", p.to_str().unwrap()])
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.tmp.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// `sluice-probe serve` in pod `i` under its own name.
+    pub fn serve(&mut self, pod: usize, args: &[&str]) -> anyhow::Result<()> {
+        let p = &self.topo.pods()[pod];
+        let mut a = vec!["serve", "--name", p.name.as_str()];
+        a.extend_from_slice(args);
+        let s = sluice_testbed::proc::spawn_ready(Some(&p.netns), None, &bin("sluice-probe"), &a)?;
+        self.servers.push(s);
+        Ok(())
+    }
+
+    /// Run `sluice-probe` in a namespace, inside the test cgroup (so the
+    /// socket hooks apply), and parse its JSON output.
+    pub fn probe(&self, ns: &Netns, args: &[&str]) -> anyhow::Result<Value> {
+        let o = run_in(Some(ns), Some(&self.cgroup), &bin("sluice-probe"), args, Duration::from_secs(30))?;
+        if !o.status.success() {
+            bail!("probe {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        serde_json::from_slice(&o.stdout).with_context(|| format!("probe output: {}", String::from_utf8_lossy(&o.stdout)))
+    }
+
+    pub fn pod_ns(&self, i: usize) -> &Netns {
+        &self.topo.pods()[i].netns
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.servers.clear();
+        self.agent = None;
+        let _ = std::process::Command::new(bin("sluice"))
+            .args(["datapath", "uninstall", "--bpffs", self.pin_dir.to_str().unwrap()])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+fn unique() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Backend names and peers from a probe's results.
+pub fn backends(v: &Value) -> Vec<String> {
+    v["results"].as_array().unwrap().iter().filter_map(|r| r["backend"].as_str().map(String::from)).collect()
+}
+
+pub fn peers(v: &Value) -> Vec<String> {
+    v["results"].as_array().unwrap().iter().filter_map(|r| r["peer"].as_str().map(String::from)).collect()
+}
+
+pub fn errors(v: &Value) -> Vec<String> {
+    v["results"].as_array().unwrap().iter().filter_map(|r| r["error"].as_str().map(String::from)).collect()
+}
