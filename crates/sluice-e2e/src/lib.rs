@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 use sluice_testbed::cgroup::TestCgroup;
 use sluice_testbed::netns::Netns;
-use sluice_testbed::proc::{run_in, spawn_in, Spawned};
+use sluice_testbed::proc::{run_in, Spawned};
 use sluice_testbed::topo::Topology;
 
 /// A built binary of the workspace, next to the test executable's directory.

@@ -1,0 +1,1 @@
+//! kube-proxy's rules for the same services, to benchmark against.
