@@ -44,9 +44,7 @@ sl() { "$S" --api-socket "$SOCK" "$@"; }
 step "topology: client + 3 backend pods, routed through a node namespace"
 for n in "${NS[@]}"; do ip netns add "$ID-$n"; ip -n "$ID-$n" link set lo up; done
 ip netns exec "$ID-node" sysctl -qw net.ipv4.ip_forward=1
-ip -n "$ID-node" link add dummy0 type dummy
-ip -n "$ID-node" addr add 198.18.255.1/32 dev dummy0
-ip -n "$ID-node" link set dummy0 up
+ip -n "$ID-node" addr add 198.18.255.1/32 dev lo
 i=10
 for n in client be1 be2 be3; do
     ip -n "$ID-node" link add "v-$n" type veth peer name eth0 netns "$ID-$n"

@@ -84,7 +84,7 @@ fn a_service_without_backends_refuses_at_once() {
     let env = Env::new("refuse", 1).unwrap();
     env.apply(
         "empty.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: empty}\nspec:\n  clusterIP: 198.19.0.9\n  ports: [{port: 80}, {name: u, port: 53, protocol: UDP}]\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: empty}\nspec:\n  clusterIP: 198.19.0.9\n  ports: [{name: t, port: 80}, {name: u, port: 53, protocol: UDP}]\n",
     );
     let v = env.probe(env.pod_ns(0), &["connect", "--to", "198.19.0.9:80", "--count", "3"]).unwrap();
     assert_eq!(errors(&v), vec!["ECONNREFUSED"; 3], "{v}");
@@ -171,7 +171,7 @@ fn bad_input_is_refused_with_file_object_and_field_and_changes_nothing() {
         ("ip.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIP: 198.19.0.300, ports: [{port: 80}]}\n", "Service default/x: spec.clusterIP"),
         ("port.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIP: 198.19.0.3, ports: [{port: 0}]}\n", "Service default/x: spec.ports[0].port"),
         ("dup.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIP: 198.19.0.1, ports: [{port: 80}]}\n", "198.19.0.1:80/TCP is already used by Service default/web"),
-        ("named.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 198.19.0.1, ports: [{name: p, port: 80, targetPort: nothere}]}\n---\n", "spec.ports[0].targetPort"),
+        ("named.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 198.19.0.1, ports: [{name: q, port: 80, targetPort: nothere}]}\n---\n", "spec.ports[0].targetPort"),
     ];
     for (file, text, want) in cases {
         // Each bad document rides along with a good change that must not land.

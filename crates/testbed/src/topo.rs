@@ -36,10 +36,9 @@ impl Topology {
         let node = Netns::new(&format!("{name}-node"))?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
         node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        node.ip(&["link", "add", "node0", "type", "dummy"])?;
-        node.ip(&["addr", "add", "198.18.255.1/32", "dev", "node0"])?;
-        node.ip(&["-6", "addr", "add", "fd00:5c:ff::1/128", "dev", "node0", "nodad"])?;
-        node.ip(&["link", "set", "node0", "up"])?;
+        // The node's own address lives on lo (no dummy driver needed).
+        node.ip(&["addr", "add", "198.18.255.1/32", "dev", "lo"])?;
+        node.ip(&["-6", "addr", "add", "fd00:5c:ff::1/128", "dev", "lo", "nodad"])?;
         let mut t = Topology { pods: Vec::new(), node, name: name.to_string() };
         t.add_pods(pods)?;
         Ok(t)
