@@ -315,6 +315,13 @@ impl<M: LbMaps> Core<M> {
     /// Give NodePort and LoadBalancer ports without a nodePort one from the
     /// NodePort range, keeping the one a previous version of the object had.
     fn allocate_node_ports(&self, batch: &mut [Manifest]) -> Result<(), CoreError> {
+        let needed = batch.iter().any(|m| match &m.object {
+            Object::Service(s) => s.has_node_ports() && s.spec.ports.iter().any(|p| p.node_port.is_none()),
+            _ => false,
+        });
+        if !needed {
+            return Ok(());
+        }
         let replaced: BTreeSet<String> = batch
             .iter()
             .filter(|m| m.object_ref.kind == Kind::Service)

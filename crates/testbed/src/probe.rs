@@ -24,24 +24,23 @@ pub fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) -> anyhow::Resu
     std::io::stdout().flush()?;
     let reply = format!("{name}\n");
     let mut threads = Vec::new();
+    // A fixed set of workers per listener, each accepting and serving
+    // inline: no thread is started per connection, which would dominate
+    // the latency being measured.
     for l in listeners {
-        let reply = reply.clone();
-        threads.push(std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                let reply = reply.clone();
-                std::thread::spawn(move || {
-                    let mut w = match conn.try_clone() {
-                        Ok(w) => w,
-                        Err(_) => return,
-                    };
-                    for line in BufReader::new(conn).lines() {
-                        if line.is_err() || w.write_all(reply.as_bytes()).is_err() {
-                            break;
-                        }
+        for _ in 0..8 {
+            let l = l.try_clone()?;
+            let reply = reply.clone();
+            threads.push(std::thread::spawn(move || loop {
+                let Ok((conn, _)) = l.accept() else { continue };
+                let Ok(mut w) = conn.try_clone() else { continue };
+                for line in BufReader::new(conn).lines() {
+                    if line.is_err() || w.write_all(reply.as_bytes()).is_err() {
+                        break;
                     }
-                });
-            }
-        }));
+                }
+            }));
+        }
     }
     for s in sockets {
         let reply = reply.clone();

@@ -53,6 +53,9 @@ enum Cmd {
         count: usize,
         #[arg(long, default_value_t = 200)]
         warmup: usize,
+        /// Also print every sample (nanoseconds) as `samples_ns`.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -96,7 +99,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Latency { to, count, warmup } => {
+        Cmd::Latency { to, count, warmup, raw } => {
             let mut v = Vec::with_capacity(count);
             let mut errors = 0usize;
             for i in 0..count + warmup {
@@ -109,9 +112,11 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             let mean = v.iter().sum::<u64>() / v.len().max(1) as u64;
+            let samples = if raw { Some(v.clone()) } else { None };
             println!(
                 "{}",
                 serde_json::json!({
+                    "samples_ns": samples,
                     "p50_ns": percentile(&mut v, 50.0),
                     "p99_ns": percentile(&mut v, 99.0),
                     "mean_ns": mean,

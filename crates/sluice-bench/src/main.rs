@@ -1,0 +1,430 @@
+//! `sluice-bench services`: new-connection latency through Sluice, a direct
+//! connection, and kube-proxy's iptables- and nftables-mode rules for the
+//! same N services; the time to program N services each way; and the time
+//! to apply one endpoint change. One run, one topology, ratios printed.
+//!
+//! Topology (throwaway namespaces): pod0 is the client, pod1 and pod2 serve
+//! TCP :8080. The measured service is the most recently added one, whose
+//! two endpoints are pod1 and pod2; every other service has two endpoints
+//! of its own (addresses nobody answers, which nothing ever connects to).
+//! Sluice's client runs in the test cgroup (socket hooks); the direct and
+//! kube-proxy clients run outside it, their packets DNATed in the node
+//! namespace by kube-proxy's rules.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::Value;
+use sluice_testbed::cgroup::TestCgroup;
+use sluice_testbed::kubeproxy::{self, KpService, Proto};
+use sluice_testbed::proc::{run_in, spawn_in_logged, spawn_ready, Spawned};
+use sluice_testbed::stats::percentile;
+use sluice_testbed::topo::Topology;
+
+#[derive(Parser, Debug)]
+#[command(about = "Sluice service benchmark: Sluice vs direct vs kube-proxy iptables/nftables")]
+struct Args {
+    /// Numbers of services to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
+    sizes: Vec<usize>,
+    /// Largest N for kube-proxy iptables mode.
+    #[arg(long, default_value_t = 10000)]
+    iptables_max: usize,
+    /// Largest N for kube-proxy nftables mode.
+    #[arg(long, default_value_t = 100000)]
+    nft_max: usize,
+    /// Connections per latency measurement (after 10% warm-up).
+    #[arg(long, default_value_t = 2000)]
+    samples: usize,
+    /// Endpoint changes to time at the largest N.
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// Write the results as JSON here.
+    #[arg(long, default_value = "bench/services.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+struct Latency {
+    p50_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+struct Row {
+    n: usize,
+    direct: Latency,
+    sluice: Latency,
+    iptables: Option<Latency>,
+    nft: Option<Latency>,
+    /// Time for the agent to write N services into the maps (diff + map writes).
+    sluice_program_ms: f64,
+    /// Whole `sluice apply` of the YAML: parse, validate, store, maps.
+    sluice_apply_ms: f64,
+    iptables_restore_ms: Option<f64>,
+    nft_load_ms: Option<f64>,
+    /// One endpoint change: agent reconcile (median) and whole CLI call (median).
+    change_reconcile_us: Option<f64>,
+    change_cli_ms: Option<f64>,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().join(name)
+}
+
+fn vip(i: usize) -> (Ipv4Addr, u16) {
+    // 198.19.0.0/16, 65,024 addresses, then the next port.
+    let a = i % (254 * 256);
+    (Ipv4Addr::new(198, 19, (a / 254) as u8, (a % 254 + 1) as u8), 80 + (i / (254 * 256)) as u16)
+}
+
+fn fake_endpoint(j: usize) -> (IpAddr, u16) {
+    // 198.18.2.0 - 198.18.255.255, then the next port: never answered.
+    let a = j % (254 * 254);
+    (IpAddr::V4(Ipv4Addr::new(198, 18, (a / 254 + 2) as u8, (a % 254 + 1) as u8)), 8080 + (j / (254 * 254)) as u16)
+}
+
+fn services(n: usize, real: [(IpAddr, u16); 2]) -> Vec<KpService> {
+    (0..n)
+        .map(|i| {
+            let (ip, port) = vip(i);
+            let endpoints = if i + 1 == n { real.to_vec() } else { vec![fake_endpoint(2 * i), fake_endpoint(2 * i + 1)] };
+            KpService {
+                namespace: "bench".into(),
+                name: format!("svc-{i}"),
+                port_name: "http".into(),
+                vip: IpAddr::V4(ip),
+                port,
+                protocol: Proto::Tcp,
+                endpoints,
+            }
+        })
+        .collect()
+}
+
+fn slice_yaml(s: &KpService) -> String {
+    let eps: Vec<String> = s.endpoints.iter().map(|e| format!("- addresses: [{}]", e.0)).collect();
+    format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {n}-1\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {n}}}\naddressType: IPv4\nports: [{{name: http, port: {p}}}]\nendpoints:\n{}\n",
+        eps.join("\n"),
+        n = s.name,
+        ns = s.namespace,
+        p = s.endpoints[0].1,
+    )
+}
+
+/// Standard Kubernetes YAML for the services and their slices.
+fn yaml(svcs: &[KpService]) -> String {
+    let mut o = String::with_capacity(svcs.len() * 600);
+    for s in svcs {
+        let _ = write!(
+            o,
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n  clusterIP: {}\n  ports:\n  - name: http\n    port: {}\n    targetPort: {}\n",
+            s.name, s.namespace, s.vip, s.port, s.endpoints[0].1
+        );
+        o.push_str(&slice_yaml(s));
+    }
+    o
+}
+
+/// Raw new-connection samples (ns) from pod0 to `to`.
+fn samples(topo: &Topology, cg: Option<&TestCgroup>, to: &str, count: usize, warmup: usize) -> anyhow::Result<Vec<u64>> {
+    let (count, warm) = (count.to_string(), warmup.to_string());
+    let o = run_in(
+        Some(&topo.pods()[0].netns),
+        cg,
+        &bin("sluice-probe"),
+        &["latency", "--raw", "--to", to, "--count", &count, "--warmup", &warm],
+        Duration::from_secs(600),
+    )?;
+    if !o.status.success() {
+        bail!("latency probe to {to}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let v: Value = serde_json::from_slice(&o.stdout)?;
+    if v["errors"].as_u64() != Some(0) {
+        bail!("latency probe to {to} saw errors");
+    }
+    Ok(v["samples_ns"].as_array().unwrap().iter().filter_map(|x| x.as_u64()).collect())
+}
+
+fn summarize(mut v: Vec<u64>) -> Latency {
+    Latency {
+        p50_us: percentile(&mut v, 50.0) as f64 / 1000.0,
+        p99_us: percentile(&mut v, 99.0) as f64 / 1000.0,
+    }
+}
+
+/// Measure several paths in interleaved rounds, so that drift of the
+/// machine (other load, frequency) falls on all of them alike.
+fn interleaved(topo: &Topology, paths: &[(Option<&TestCgroup>, &str)], total: usize) -> anyhow::Result<Vec<Latency>> {
+    const ROUNDS: usize = 10;
+    let per = (total / ROUNDS).max(1);
+    let mut all: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, (cg, to)) in paths.iter().enumerate() {
+            all[i].extend(samples(topo, *cg, to, per, (per / 5).max(5))?);
+        }
+    }
+    Ok(all.into_iter().map(summarize).collect())
+}
+
+/// Run `program` inside the node namespace with `input` on stdin; time it.
+fn timed_stdin(topo: &Topology, program: &str, args: &[&str], input: &str) -> anyhow::Result<f64> {
+    let net = format!("--net={}", topo.node().path().display());
+    let mut a = vec![net.as_str(), program];
+    a.extend_from_slice(args);
+    let t0 = Instant::now();
+    let mut child = Command::new("nsenter").args(&a).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    let o = child.wait_with_output()?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if !o.status.success() {
+        bail!("{program} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(ms)
+}
+
+struct Agent {
+    _proc: Spawned,
+    socket: PathBuf,
+    pins: PathBuf,
+}
+
+impl Agent {
+    fn start(topo: &Topology, cg: &TestCgroup, dir: &Path, tag: &str) -> anyhow::Result<Agent> {
+        let state = dir.join(format!("state-{tag}"));
+        let socket = dir.join(format!("agent-{tag}.sock"));
+        let pins = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}-{tag}", std::process::id()));
+        let log = std::fs::File::create(dir.join(format!("agent-{tag}.log")))?;
+        let p = spawn_in_logged(
+            Some(topo.node()),
+            None,
+            &bin("sluice"),
+            &[
+                "agent",
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--cgroup",
+                cg.path().to_str().unwrap(),
+                "--bpffs",
+                pins.to_str().unwrap(),
+                "--api-socket",
+                socket.to_str().unwrap(),
+            ],
+            log,
+        )?;
+        let a = Agent { _proc: p, socket, pins };
+        let t0 = Instant::now();
+        while a.cli(&["status"]).is_err() {
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("agent did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(a)
+    }
+
+    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut a = vec!["--api-socket", self.socket.to_str().unwrap()];
+        a.extend_from_slice(args);
+        let o = Command::new(bin("sluice")).args(&a).output()?;
+        if !o.status.success() {
+            bail!("sluice {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).to_string())
+    }
+
+    /// Apply a file; returns (CLI wall ms, agent reconcile µs).
+    fn apply(&self, file: &Path) -> anyhow::Result<(f64, f64)> {
+        let t0 = Instant::now();
+        let out = self.cli(&["apply", "-o", "json", "-f", file.to_str().unwrap()])?;
+        let wall = t0.elapsed().as_secs_f64() * 1000.0;
+        let v: Value = serde_json::from_str(&out)?;
+        Ok((wall, v["reconcile_us"].as_f64().unwrap_or(0.0)))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("sluice")).args(["datapath", "uninstall", "--bpffs", self.pins.to_str().unwrap()]).output();
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let topo = Topology::new("bench", 3)?;
+    let cg = TestCgroup::new("sl-bench")?;
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _cleanup = Cleanup(dir.clone());
+    let mut servers = Vec::new();
+    let real: [(IpAddr, u16); 2] = [(IpAddr::V4(topo.pods()[1].ip4), 8080), (IpAddr::V4(topo.pods()[2].ip4), 8080)];
+    for i in 1..=2 {
+        let p = &topo.pods()[i];
+        let a = format!("{}:8080", p.ip4);
+        servers.push(spawn_ready(Some(&p.netns), None, &bin("sluice-probe"), &["serve", "--name", &p.name, "--tcp", &a])?);
+    }
+    let ipt_version = Command::new("iptables-restore").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    eprintln!("sluice-bench: {} samples per latency; iptables: {ipt_version}", args.samples);
+
+    let mut rows = Vec::new();
+    let largest = *args.sizes.iter().max().unwrap_or(&0);
+    for &n in &args.sizes {
+        eprintln!("== N = {n}");
+        let svcs = services(n, real);
+        let (tip, tport) = vip(n - 1);
+        let target = format!("{tip}:{tport}");
+        let mut row = Row { n, ..Default::default() };
+
+        let direct_to = format!("{}:8080", real[0].0);
+
+        // Sluice
+        {
+            let agent = Agent::start(&topo, &cg, &dir, &n.to_string())?;
+            let file = dir.join(format!("services-{n}.yaml"));
+            std::fs::write(&file, yaml(&svcs))?;
+            let (wall, rec) = agent.apply(&file)?;
+            row.sluice_apply_ms = wall;
+            row.sluice_program_ms = rec / 1000.0;
+            eprintln!("   sluice     programmed in {:.1} ms (maps), apply {:.0} ms (CLI, parse + store + maps)", row.sluice_program_ms, wall);
+            let l = interleaved(&topo, &[(None, direct_to.as_str()), (Some(&cg), target.as_str())], args.samples)?;
+            row.direct = l[0].clone();
+            row.sluice = l[1].clone();
+            eprintln!("   direct     p50 {:>8.1} us  p99 {:>8.1} us", row.direct.p50_us, row.direct.p99_us);
+            eprintln!("   sluice     p50 {:>8.1} us  p99 {:>8.1} us", row.sluice.p50_us, row.sluice.p99_us);
+            if n == largest && args.changes > 0 {
+                // One endpoint of a service in the middle changes back and forth.
+                let mut s = svcs[n / 2].clone();
+                let mut recs = Vec::new();
+                let mut walls = Vec::new();
+                for k in 0..args.changes {
+                    s.endpoints[1] = if k % 2 == 0 { fake_endpoint(4 * n + k) } else { fake_endpoint(2 * (n / 2) + 1) };
+                    let f = dir.join("change.yaml");
+                    std::fs::write(&f, slice_yaml(&s))?;
+                    let (w, r) = agent.apply(&f)?;
+                    walls.push(w);
+                    recs.push(r);
+                }
+                row.change_reconcile_us = Some(median(&mut recs));
+                row.change_cli_ms = Some(median(&mut walls));
+                eprintln!("   sluice     one endpoint change: {:.0} us in the agent, {:.1} ms whole CLI call", row.change_reconcile_us.unwrap(), row.change_cli_ms.unwrap());
+            }
+        }
+
+        if n <= args.iptables_max {
+            let rules = kubeproxy::iptables_restore(&svcs);
+            let ms = timed_stdin(&topo, "iptables-restore", &[], &rules)?;
+            row.iptables_restore_ms = Some(ms);
+            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0);
+            eprintln!("   iptables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
+            row.iptables = Some(l);
+            timed_stdin(&topo, "iptables-restore", &[], kubeproxy::IPTABLES_FLUSH)?;
+            timed_stdin(&topo, "iptables", &["-t", "nat", "-X"], "")?;
+        }
+        if n <= args.nft_max {
+            let rules = kubeproxy::nft(&svcs);
+            let ms = timed_stdin(&topo, "nft", &["-f", "-"], &rules)?;
+            row.nft_load_ms = Some(ms);
+            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0);
+            eprintln!("   nftables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
+            row.nft = Some(l);
+            timed_stdin(&topo, "nft", &["delete", "table", "ip", "kube-proxy"], "")?;
+        }
+        rows.push(row);
+    }
+    drop(servers);
+    report(&rows);
+    if let Some(d) = args.out.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&serde_json::json!({
+        "machine": machine(),
+        "iptables": ipt_version,
+        "samples": args.samples,
+        "rows": rows,
+    }))?)
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!("results written to {}", args.out.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} cpus, Linux {}", kernel.trim())
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map(|x| format!("{x:.1}{unit}")).unwrap_or_else(|| "-".into())
+}
+
+fn ratio(a: Option<f64>, b: f64) -> String {
+    a.map(|a| format!("{:.2}x", a / b)).unwrap_or_else(|| "-".into())
+}
+
+/// Print the tables (Markdown, so they can go into the README as they are).
+fn report(rows: &[Row]) {
+    println!("\n### New-connection latency (connect + one request/response + close), microseconds\n");
+    println!("| services | direct p50 | Sluice p50 | iptables p50 | nftables p50 | direct p99 | Sluice p99 | iptables p99 | nftables p99 | Sluice/direct p50 | iptables/Sluice p50 | nftables/Sluice p50 |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} | {:.3} | {} | {} |",
+            r.n,
+            r.direct.p50_us,
+            r.sluice.p50_us,
+            opt(r.iptables.as_ref().map(|l| l.p50_us), ""),
+            opt(r.nft.as_ref().map(|l| l.p50_us), ""),
+            r.direct.p99_us,
+            r.sluice.p99_us,
+            opt(r.iptables.as_ref().map(|l| l.p99_us), ""),
+            opt(r.nft.as_ref().map(|l| l.p99_us), ""),
+            r.sluice.p50_us / r.direct.p50_us,
+            ratio(r.iptables.as_ref().map(|l| l.p50_us), r.sluice.p50_us),
+            ratio(r.nft.as_ref().map(|l| l.p50_us), r.sluice.p50_us),
+        );
+    }
+    println!("\n### Time to program N services, milliseconds\n");
+    println!("| services | Sluice map writes | Sluice whole apply (parse, validate, store, maps) | iptables-restore | nft -f | iptables-restore / Sluice maps | nft / Sluice maps |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.1} | {:.0} | {} | {} | {} | {} |",
+            r.n,
+            r.sluice_program_ms,
+            r.sluice_apply_ms,
+            opt(r.iptables_restore_ms, ""),
+            opt(r.nft_load_ms, ""),
+            ratio(r.iptables_restore_ms, r.sluice_program_ms),
+            ratio(r.nft_load_ms, r.sluice_program_ms),
+        );
+    }
+    for r in rows.iter().filter(|r| r.change_reconcile_us.is_some()) {
+        println!(
+            "\nOne endpoint change at N = {}: {:.0} us in the agent (diff + map writes), {:.1} ms for the whole `sluice apply` call (median).",
+            r.n,
+            r.change_reconcile_us.unwrap(),
+            r.change_cli_ms.unwrap()
+        );
+    }
+}
+
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
