@@ -26,7 +26,8 @@ PIDS=()
 
 cleanup() {
     set +e
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
     [ -x "$S" ] && "$S" datapath uninstall --bpffs "$PINS" >/dev/null 2>&1
     for n in "${NS[@]}"; do ip netns del "$ID-$n" 2>/dev/null; done
     rmdir "$CG" 2>/dev/null
@@ -36,7 +37,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-in_ns() { local n=$1; shift; nsenter --net="/run/netns/$ID-$n" "$@"; }
 # Run in a pod namespace *and* the demo cgroup, where the socket hooks are.
 in_pod() { local n=$1; shift; sh -c 'echo $$ > "$0/cgroup.procs"; shift; exec "$@"' "$CG" x nsenter --net="/run/netns/$ID-$n" "$@"; }
 sl() { "$S" --api-socket "$SOCK" "$@"; }
@@ -63,14 +63,15 @@ mkdir "$CG"
 step "backends: each answers with its own name on :8080"
 i=11
 for n in be1 be2 be3; do
-    in_ns "$n" "$PROBE" serve --name "$n" --tcp "198.18.1.$i:8080" > "$TMP/$n.out" &
+    # nsenter execs the program: $! is the server's own pid.
+    nsenter --net="/run/netns/$ID-$n" "$PROBE" serve --name "$n" --tcp "198.18.1.$i:8080" > "$TMP/$n.out" &
     PIDS+=($!)
     i=$((i + 1))
 done
 sleep 0.3
 
 step "sluice agent (in the node namespace; hooks on cgroup $CG)"
-in_ns node "$S" agent --state-dir "$TMP/state" --cgroup "$CG" --bpffs "$PINS" --api-socket "$SOCK" \
+nsenter --net="/run/netns/$ID-node" "$S" agent --state-dir "$TMP/state" --cgroup "$CG" --bpffs "$PINS" --api-socket "$SOCK" \
     2> "$TMP/agent.log" &
 PIDS+=($!)
 for _ in $(seq 100); do sl status >/dev/null 2>&1 && break; sleep 0.1; done

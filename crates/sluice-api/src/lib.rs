@@ -129,8 +129,9 @@ pub enum ClientError {
 pub fn call(socket: &Path, req: &Request) -> Result<Response, ClientError> {
     let mut s = UnixStream::connect(socket)
         .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
-    serde_json::to_writer(&mut s, req)?;
-    s.flush()?;
+    // One buffered write: serde_json writes in small pieces.
+    let body = serde_json::to_vec(req)?;
+    s.write_all(&body)?;
     s.shutdown(std::net::Shutdown::Write)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

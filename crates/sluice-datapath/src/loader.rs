@@ -146,10 +146,13 @@ pub fn link_status(pin_dir: &Path) -> Vec<LinkStatus> {
         .iter()
         .map(|p| {
             let pin = link_pin(pin_dir, p);
-            let state = match Link::open(&pin) {
-                Ok(_) => "attached".to_string(),
-                Err(_) if !pin.exists() => "missing".to_string(),
-                Err(e) => format!("unreadable: {e}"),
+            let state = if !pin.exists() {
+                "missing".to_string()
+            } else {
+                match Link::open(&pin) {
+                    Ok(_) => "attached".to_string(),
+                    Err(e) => format!("unreadable: {e}"),
+                }
             };
             LinkStatus { program: p.to_string(), pin: pin.display().to_string(), state }
         })
@@ -162,11 +165,14 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
     let mut removed = Vec::new();
     for p in PROGRAMS {
         let pin = link_pin(pin_dir, p);
+        if !pin.exists() {
+            continue;
+        }
         if let Ok(mut link) = Link::open(&pin) {
             let _ = link.detach();
             let _ = link.unpin();
             removed.push(pin.display().to_string());
-        } else if pin.exists() {
+        } else {
             std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
             removed.push(pin.display().to_string());
         }
