@@ -150,6 +150,23 @@ fn client_ip_affinity_sticks_to_one_backend() {
 }
 
 #[test]
+fn client_ip_affinity_expires_after_timeout_seconds() {
+    let env = three_backends("afftimeout");
+    env.apply("web.yaml", &web(&env, "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n"));
+    let mut chosen = BTreeSet::new();
+    // Within the window a client sticks; after it, the choice is made anew.
+    // Eight windows all landing on one of three backends: p = 3 * 3^-8.
+    for _ in 0..8 {
+        let v = env.probe(env.pod_ns(0), &["connect", "--to", "198.19.0.1:80", "--count", "3"]).unwrap();
+        let b = set(backends(&v));
+        assert_eq!(b.len(), 1, "not sticky within the timeout: {v}");
+        chosen.extend(b);
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+    }
+    assert!(chosen.len() >= 2, "affinity never expired: always {chosen:?}");
+}
+
+#[test]
 fn removing_a_backend_stops_new_connections_to_it() {
     let env = three_backends("remove");
     env.apply("web.yaml", &web(&env, ""));
