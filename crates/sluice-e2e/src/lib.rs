@@ -19,7 +19,40 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join(name);
     assert!(p.exists(), "{} not built: run `cargo build --workspace` first", p.display());
+    // `cargo test -p sluice-e2e` does not rebuild other packages' binaries:
+    // refuse to test a binary older than the sources it is built from.
+    if name == "sluice" {
+        let built = std::fs::metadata(&p).and_then(|m| m.modified()).expect("binary mtime");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let newest = newest_mtime(&root.join("bpf")).max(newest_mtime(&root.join("crates")));
+        assert!(
+            newest <= built,
+            "{} is older than its sources: run `cargo build --workspace` (or scripts/test.sh) first",
+            p.display()
+        );
+    }
     p
+}
+
+fn newest_mtime(dir: &Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let Ok(entries) = std::fs::read_dir(dir) else { return newest };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            // The test-only crates do not go into the binary.
+            if !matches!(name.as_ref(), "sluice-e2e" | "sluice-bench" | "testbed" | "tests" | "target") {
+                newest = newest.max(newest_mtime(&path));
+            }
+        } else if name.ends_with(".rs") || name.ends_with(".c") || name.ends_with(".h") {
+            if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(m);
+            }
+        }
+    }
+    newest
 }
 
 /// Fails loudly without root: these tests must not pass by skipping.
