@@ -63,17 +63,24 @@ impl<M: LbMaps> Core<M> {
         }
         let dump = maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?;
         let mut lb = LbState::adopt(&dump);
-        let mut ops = Vec::new();
+        let mut resolved = Vec::new();
+        // Stored services were checked against each other when applied; a
+        // store that disagrees (edited by hand, say) keeps the first claim.
+        let mut claimed: HashMap<FrontendKey, String> = HashMap::new();
         let names: Vec<String> = catalog.services().map(|(n, _)| n.clone()).collect();
         for name in names {
             match catalog.resolve(&name) {
-                Ok(ds) => match lb.check(&name, &ds) {
-                    Ok(()) => ops.extend(lb.set_service(&name, &ds)),
-                    Err(c) => warnings.push(format!("Service {name}: not programmed: {c}")),
+                Ok(ds) => match ds.iter().find_map(|d| claimed.get(&d.key).map(|o| (d.key, o))) {
+                    None => {
+                        claimed.extend(ds.iter().map(|d| (d.key, name.clone())));
+                        resolved.push((name, ds));
+                    }
+                    Some((k, o)) => warnings.push(format!("Service {name}: not programmed: {k} is already used by Service {o}")),
                 },
                 Err(es) => warnings.extend(es.iter().map(|e| format!("not programmed: {e}"))),
             }
         }
+        let mut ops = lb.set_services(resolved.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
         ops.extend(lb.finish_adoption());
         maps.apply(&ops).map_err(|e| CoreError::Maps(e.to_string()))?;
         let repair = lb.repair_ops(&maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?);
@@ -225,10 +232,7 @@ impl<M: LbMaps> Core<M> {
     }
 
     fn reconcile(&mut self, resolved: Vec<(String, Vec<sluice_lb::DesiredFrontend>)>) -> Result<usize, CoreError> {
-        let mut ops: Vec<MapOp> = Vec::new();
-        for (name, ds) in resolved {
-            ops.extend(self.lb.set_service(&name, &ds));
-        }
+        let ops: Vec<MapOp> = self.lb.set_services(resolved.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
         self.maps.apply(&ops).map_err(|e| CoreError::Maps(e.to_string()))?;
         Ok(ops.len())
     }

@@ -48,6 +48,10 @@ struct Args {
     /// Endpoint changes to time at the largest N.
     #[arg(long, default_value_t = 20)]
     changes: usize,
+    /// Also measure, at each N, the pieces of the Sluice path apart: each
+    /// backend directly, from outside and from inside the test cgroup.
+    #[arg(long)]
+    diagnose: bool,
     /// Write the results as JSON here.
     #[arg(long, default_value = "bench/services.json")]
     out: PathBuf,
@@ -303,6 +307,20 @@ fn main() -> anyhow::Result<()> {
             row.sluice_program_ms = rec / 1000.0;
             eprintln!("   sluice     programmed in {:.1} ms (maps), apply {:.0} ms (CLI, parse + store + maps)", row.sluice_program_ms, wall);
             let l = interleaved(&topo, &[(None, direct_to.as_str()), (Some(&cg), target.as_str())], args.samples)?;
+            if args.diagnose {
+                let d2 = format!("{}:8080", real[1].0);
+                let paths = [
+                    (None, direct_to.as_str()),
+                    (None, d2.as_str()),
+                    (Some(&cg), direct_to.as_str()),
+                    (Some(&cg), d2.as_str()),
+                    (Some(&cg), target.as_str()),
+                ];
+                let names = ["pod1 direct", "pod2 direct", "pod1 in cgroup", "pod2 in cgroup", "VIP in cgroup"];
+                for (name, l) in names.iter().zip(interleaved(&topo, &paths, args.samples)?) {
+                    eprintln!("   diagnose   {name:<15} p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
+                }
+            }
             row.direct = l[0].clone();
             row.sluice = l[1].clone();
             eprintln!("   direct     p50 {:>8.1} us  p99 {:>8.1} us", row.direct.p50_us, row.direct.p99_us);

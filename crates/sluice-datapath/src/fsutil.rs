@@ -46,7 +46,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<bool, DatapathError> {
             mounted = true;
         }
     }
-    for sub in ["maps", "links"] {
+    for sub in ["maps", "links", "progs"] {
         let d = pin_dir.join(sub);
         std::fs::create_dir_all(&d).map_err(DatapathError::io(format!("creating {}", d.display())))?;
     }

@@ -111,30 +111,104 @@ impl KernelMaps {
     }
 }
 
+/// Largest batch handed to the kernel at once.
+const BATCH: usize = 8192;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Upsert(MapId),
+    Delete(MapId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MapId {
+    Svc,
+    Be,
+    Rnat,
+    Affm,
+}
+
+impl OpKind {
+    fn of(op: &MapOp) -> OpKind {
+        match op {
+            MapOp::UpsertService(..) => OpKind::Upsert(MapId::Svc),
+            MapOp::DeleteService(..) => OpKind::Delete(MapId::Svc),
+            MapOp::UpsertBackend(..) => OpKind::Upsert(MapId::Be),
+            MapOp::DeleteBackend(..) => OpKind::Delete(MapId::Be),
+            MapOp::UpsertRevNat(..) => OpKind::Upsert(MapId::Rnat),
+            MapOp::DeleteRevNat(..) => OpKind::Delete(MapId::Rnat),
+            MapOp::UpsertAffinityMatch { .. } => OpKind::Upsert(MapId::Affm),
+            MapOp::DeleteAffinityMatch { .. } => OpKind::Delete(MapId::Affm),
+        }
+    }
+}
+
+/// The key and value bytes of one write.
+fn encode(op: &MapOp) -> (Vec<u8>, Vec<u8>) {
+    match op {
+        MapOp::UpsertService(k, v) => (svc_key_to_c(k).as_bytes().to_vec(), svc_val_to_c(v).as_bytes().to_vec()),
+        MapOp::DeleteService(k) => (svc_key_to_c(k).as_bytes().to_vec(), Vec::new()),
+        MapOp::UpsertBackend(id, b) => (id.as_bytes().to_vec(), backend_to_c(b).as_bytes().to_vec()),
+        MapOp::DeleteBackend(id) => (id.as_bytes().to_vec(), Vec::new()),
+        MapOp::UpsertRevNat(id, f) => (id.as_bytes().to_vec(), revnat_to_c(f).as_bytes().to_vec()),
+        MapOp::DeleteRevNat(id) => (id.as_bytes().to_vec(), Vec::new()),
+        MapOp::UpsertAffinityMatch { backend_id, rev_nat_id } => (
+            sl_affinity_match_key { backend_id: *backend_id, rev_nat_id: *rev_nat_id }.as_bytes().to_vec(),
+            1u32.to_ne_bytes().to_vec(),
+        ),
+        MapOp::DeleteAffinityMatch { backend_id, rev_nat_id } => (
+            sl_affinity_match_key { backend_id: *backend_id, rev_nat_id: *rev_nat_id }.as_bytes().to_vec(),
+            Vec::new(),
+        ),
+    }
+}
+
+impl KernelMaps {
+    fn map(&self, id: MapId) -> &MapHandle {
+        match id {
+            MapId::Svc => &self.svc,
+            MapId::Be => &self.be,
+            MapId::Rnat => &self.rnat,
+            MapId::Affm => &self.affm,
+        }
+    }
+
+    fn apply_run(&self, kind: OpKind, run: &[MapOp]) -> Result<(), DatapathError> {
+        let mut keys = Vec::new();
+        let mut values = Vec::new();
+        for op in run {
+            let (k, v) = encode(op);
+            keys.extend(k);
+            values.extend(v);
+        }
+        let n = run.len() as u32;
+        let what = || format!("{} map writes starting with {:?}", run.len(), run[0]);
+        match kind {
+            OpKind::Upsert(m) if n == 1 => self.map(m).update(&keys, &values, MapFlags::ANY),
+            OpKind::Delete(m) if n == 1 => self.map(m).delete(&keys),
+            OpKind::Upsert(m) => self.map(m).update_batch(&keys, &values, n, MapFlags::ANY, MapFlags::ANY),
+            OpKind::Delete(m) => self.map(m).delete_batch(&keys, n, MapFlags::ANY, MapFlags::ANY),
+        }
+        .map_err(DatapathError::bpf(what()))
+    }
+}
+
 impl LbMaps for KernelMaps {
     type Error = DatapathError;
 
+    /// Runs of writes of one kind go to the kernel as one batch
+    /// (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH`, Linux 5.6+); the
+    /// order of the runs is the order of `ops`.
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DatapathError> {
-        for op in ops {
-            let r = match op {
-                MapOp::UpsertService(k, v) => {
-                    self.svc.update(svc_key_to_c(k).as_bytes(), svc_val_to_c(v).as_bytes(), MapFlags::ANY)
-                }
-                MapOp::DeleteService(k) => self.svc.delete(svc_key_to_c(k).as_bytes()),
-                MapOp::UpsertBackend(id, b) => self.be.update(id.as_bytes(), backend_to_c(b).as_bytes(), MapFlags::ANY),
-                MapOp::DeleteBackend(id) => self.be.delete(id.as_bytes()),
-                MapOp::UpsertRevNat(id, f) => self.rnat.update(id.as_bytes(), revnat_to_c(f).as_bytes(), MapFlags::ANY),
-                MapOp::DeleteRevNat(id) => self.rnat.delete(id.as_bytes()),
-                MapOp::UpsertAffinityMatch { backend_id, rev_nat_id } => self.affm.update(
-                    sl_affinity_match_key { backend_id: *backend_id, rev_nat_id: *rev_nat_id }.as_bytes(),
-                    &1u32.to_ne_bytes(),
-                    MapFlags::ANY,
-                ),
-                MapOp::DeleteAffinityMatch { backend_id, rev_nat_id } => self
-                    .affm
-                    .delete(sl_affinity_match_key { backend_id: *backend_id, rev_nat_id: *rev_nat_id }.as_bytes()),
-            };
-            r.map_err(DatapathError::bpf(format!("map write {op:?}")))?;
+        let mut i = 0;
+        while i < ops.len() {
+            let kind = OpKind::of(&ops[i]);
+            let mut j = i + 1;
+            while j < ops.len() && OpKind::of(&ops[j]) == kind && j - i < BATCH {
+                j += 1;
+            }
+            self.apply_run(kind, &ops[i..j])?;
+            i = j;
         }
         Ok(())
     }

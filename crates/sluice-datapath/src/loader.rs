@@ -12,6 +12,8 @@ use crate::skel::SockSkelBuilder;
 use crate::{fsutil, DatapathError, LAYOUT_VERSION};
 
 /// Maps pinned under `<pin_dir>/maps/`: the C names carry the layout version.
+/// Programs are pinned under `<pin_dir>/progs/` and their cgroup links under
+/// `<pin_dir>/links/`, both with the layout version as a suffix.
 pub const MAPS: &[&str] = &[
     "sl_lb_svc_v1",
     "sl_lb_be_v1",
@@ -64,6 +66,10 @@ pub struct InstallReport {
 
 pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join("maps").join(name)
+}
+
+pub fn prog_pin(pin_dir: &Path, prog: &str) -> PathBuf {
+    pin_dir.join("progs").join(format!("{prog}_v{LAYOUT_VERSION}"))
 }
 
 pub fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
@@ -119,6 +125,14 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
             link.pin(&pin).map_err(DatapathError::bpf(format!("pinning {}", pin.display())))?;
             "attached"
         };
+        // The program itself is pinned too, so that tools such as bpftool
+        // find it by name; the previous agent's program pin is replaced.
+        let prog_pin = prog_pin(&cfg.pin_dir, &name);
+        if prog_pin.exists() {
+            std::fs::remove_file(&prog_pin).map_err(DatapathError::io(format!("removing {}", prog_pin.display())))?;
+        }
+        let mut prog = prog;
+        prog.pin(&prog_pin).map_err(DatapathError::bpf(format!("pinning {}", prog_pin.display())))?;
         links.push(LinkStatus { program: name, pin: pin.display().to_string(), state: state.into() });
     }
     Ok(InstallReport {
@@ -177,6 +191,13 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
             removed.push(pin.display().to_string());
         }
     }
+    for p in PROGRAMS {
+        let pin = prog_pin(pin_dir, p);
+        if pin.exists() {
+            std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
+            removed.push(pin.display().to_string());
+        }
+    }
     for m in MAPS {
         let pin = map_pin(pin_dir, m);
         if pin.exists() {
@@ -184,7 +205,7 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
             removed.push(pin.display().to_string());
         }
     }
-    for sub in ["links", "maps", ""] {
+    for sub in ["links", "progs", "maps", ""] {
         let _ = std::fs::remove_dir(pin_dir.join(sub));
     }
     Ok(removed)

@@ -237,6 +237,8 @@ fn agent_restart_keeps_connections_and_service_and_leaks_nothing() {
     assert_eq!(dump_after, dump_before);
     let links = std::fs::read_dir(env.pin_dir().join("links")).unwrap().count();
     assert_eq!(links, 8);
+    let progs = std::fs::read_dir(env.pin_dir().join("progs")).unwrap().count();
+    assert_eq!(progs, 8);
     let o = std::process::Command::new("bpftool").args(["cgroup", "show", env.cgroup.path().to_str().unwrap()]).output().unwrap();
     let attached = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("sl_")).count();
     assert_eq!(attached, 8, "{}", String::from_utf8_lossy(&o.stdout));

@@ -162,23 +162,42 @@ impl LbState {
     /// Conflicts must have been ruled out with [`LbState::check`].
     pub fn set_service(&mut self, service: &str, desired: &[DesiredFrontend]) -> Vec<MapOp> {
         let mut ops = Ops::default();
+        self.set_service_into(service, desired, &mut ops);
+        ops.finish()
+    }
+
+    /// Several services at once. The writes are grouped by phase across all
+    /// of them (every new backend, then every slot, then every master...),
+    /// which keeps each service's ordering and lets the datapath write long
+    /// runs of one kind in batches.
+    pub fn set_services<'a>(
+        &mut self,
+        items: impl IntoIterator<Item = (&'a str, &'a [DesiredFrontend])>,
+    ) -> Vec<MapOp> {
+        let mut ops = Ops::default();
+        for (service, desired) in items {
+            self.set_service_into(service, desired, &mut ops);
+        }
+        ops.finish()
+    }
+
+    fn set_service_into(&mut self, service: &str, desired: &[DesiredFrontend], ops: &mut Ops) {
         let old: Vec<FrontendKey> = self.by_service.remove(service).unwrap_or_default();
         let wanted: BTreeSet<FrontendKey> = desired.iter().map(|d| d.key).collect();
         for d in desired {
-            self.write_frontend(service, d, &mut ops);
+            self.write_frontend(service, d, ops);
         }
         for key in old.iter().filter(|k| !wanted.contains(k)) {
             // A frontend another service took over in the same change is
             // no longer ours to delete.
             let ours = self.frontends.get(key).and_then(|f| f.owner.as_deref()) == Some(service);
             if ours {
-                self.delete_frontend(key, &mut ops);
+                self.delete_frontend(key, ops);
             }
         }
         if !desired.is_empty() {
             self.by_service.insert(service.to_string(), desired.iter().map(|d| d.key).collect());
         }
-        ops.finish()
     }
 
     pub fn remove_service(&mut self, service: &str) -> Vec<MapOp> {

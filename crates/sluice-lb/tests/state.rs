@@ -46,8 +46,23 @@ fn check_consistent(d: &LbDump) {
     assert_eq!(all, referenced, "backends not referenced by any slot");
 }
 
+/// What the datapath may observe between any two writes: every counted
+/// slot exists and names a backend that exists.
+fn check_safe(d: &LbDump, after: &MapOp) {
+    for (k, v) in d.services.iter().filter(|(k, _)| k.slot == 0) {
+        for slot in 1..=v.count as u16 {
+            let s = d.services.get(&SvcKey { frontend: k.frontend, slot });
+            let ok = s.map(|s| d.backends.contains_key(&s.backend_id)).unwrap_or(false);
+            assert!(ok, "after {after:?}: {} slot {slot} of {} is missing or dangling", k.frontend, v.count);
+        }
+    }
+}
+
 fn apply(maps: &mut MemMaps, ops: &[MapOp]) {
-    maps.apply(ops).unwrap();
+    for op in ops {
+        maps.apply(std::slice::from_ref(op)).unwrap();
+        check_safe(&maps.maps, op);
+    }
     check_consistent(&maps.maps);
 }
 
@@ -218,5 +233,27 @@ fn golden_manifests_to_map_entries() {
         let want = std::fs::read_to_string(&golden)
             .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", golden.display()));
         assert_eq!(got, want, "{} differs from {}", path.display(), golden.display());
+    }
+}
+
+#[test]
+fn batched_changes_across_services_keep_the_maps_consistent() {
+    let mut rng = Lcg(11);
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    for _ in 0..300 {
+        // A batch touches several services at once, sharing backends.
+        let mut batch: Vec<(String, Vec<DesiredFrontend>)> = Vec::new();
+        for svc in 0..rng.next(6) {
+            let n = rng.next(5) as usize;
+            let backends: Vec<u8> = (0..n).map(|_| 10 + rng.next(8) as u8).collect::<BTreeSet<_>>().into_iter().collect();
+            let ds = if rng.next(6) == 0 { vec![] } else { vec![desired((svc * 3 + rng.next(3)) as u8, &backends)] };
+            let name = format!("ns/s{svc}");
+            if batch.iter().all(|(n, _)| *n != name) && ds.iter().all(|d| st.check(&name, std::slice::from_ref(d)).is_ok()) {
+                batch.push((name, ds));
+            }
+        }
+        let ops = st.set_services(batch.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
+        apply(&mut maps, &ops);
     }
 }
