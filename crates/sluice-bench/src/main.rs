@@ -68,6 +68,8 @@ struct Row {
     n: usize,
     direct: Latency,
     sluice: Latency,
+    /// Median over interleaved rounds of Sluice's p50 / direct p50.
+    sluice_vs_direct_p50: f64,
     iptables: Option<Latency>,
     nft: Option<Latency>,
     /// Time for the agent to write N services into the maps (diff + map writes).
@@ -144,11 +146,13 @@ fn yaml(svcs: &[KpService]) -> String {
 /// Raw new-connection samples (ns) from pod0 to `to`.
 fn samples(topo: &Topology, cg: Option<&TestCgroup>, to: &str, count: usize, warmup: usize) -> anyhow::Result<Vec<u64>> {
     let (count, warm) = (count.to_string(), warmup.to_string());
+    let probe = bin("sluice-probe");
+    // The client on CPU 1, the servers on CPU 0: less scheduling noise.
     let o = run_in(
         Some(&topo.pods()[0].netns),
         cg,
-        &bin("sluice-probe"),
-        &["latency", "--raw", "--to", to, "--count", &count, "--warmup", &warm],
+        Path::new("taskset"),
+        &["-c", "1", probe.to_str().unwrap(), "latency", "--raw", "--to", to, "--count", &count, "--warmup", &warm],
         Duration::from_secs(600),
     )?;
     if !o.status.success() {
@@ -169,17 +173,36 @@ fn summarize(mut v: Vec<u64>) -> Latency {
 }
 
 /// Measure several paths in interleaved rounds, so that drift of the
-/// machine (other load, frequency) falls on all of them alike.
-fn interleaved(topo: &Topology, paths: &[(Option<&TestCgroup>, &str)], total: usize) -> anyhow::Result<Vec<Latency>> {
-    const ROUNDS: usize = 10;
+/// machine (other load, frequency) falls on all of them alike. Returns each
+/// path's percentiles over all samples and its p50 in each round.
+fn interleaved(topo: &Topology, paths: &[(Option<&TestCgroup>, &str)], total: usize) -> anyhow::Result<Vec<(Latency, Vec<f64>)>> {
+    const ROUNDS: usize = 20;
     let per = (total / ROUNDS).max(1);
     let mut all: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
-    for _ in 0..ROUNDS {
-        for (i, (cg, to)) in paths.iter().enumerate() {
-            all[i].extend(samples(topo, *cg, to, per, (per / 5).max(5))?);
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for r in 0..ROUNDS {
+        // Alternate the order, so that no path always goes first.
+        let order: Vec<usize> = if r % 2 == 0 { (0..paths.len()).collect() } else { (0..paths.len()).rev().collect() };
+        for i in order {
+            let (cg, to) = paths[i];
+            let mut v = samples(topo, cg, to, per, (per / 5).max(5))?;
+            rounds[i].push(percentile(&mut v, 50.0) as f64 / 1000.0);
+            all[i].extend(v);
         }
     }
-    Ok(all.into_iter().map(summarize).collect())
+    Ok(all.into_iter().map(summarize).zip(rounds).collect())
+}
+
+/// Two equally sized measurements of equivalent paths as one (the mean of
+/// their percentiles: both backends are equally likely for Sluice).
+fn merge(a: &Latency, b: &Latency) -> Latency {
+    Latency { p50_us: (a.p50_us + b.p50_us) / 2.0, p99_us: (a.p99_us + b.p99_us) / 2.0 }
+}
+
+/// Median over rounds of a/b: the paired estimate of a's cost relative to b.
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+    median(&mut r)
 }
 
 /// Run `program` inside the node namespace with `input` on stdin; time it.
@@ -281,7 +304,13 @@ fn main() -> anyhow::Result<()> {
     for i in 1..=2 {
         let p = &topo.pods()[i];
         let a = format!("{}:8080", p.ip4);
-        servers.push(spawn_ready(Some(&p.netns), None, &bin("sluice-probe"), &["serve", "--name", &p.name, "--tcp", &a])?);
+        let probe = bin("sluice-probe");
+        servers.push(spawn_ready(
+            Some(&p.netns),
+            None,
+            Path::new("taskset"),
+            &["-c", "0", probe.to_str().unwrap(), "serve", "--name", &p.name, "--tcp", &a],
+        )?);
     }
     let ipt_version = Command::new("iptables-restore").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
     eprintln!("sluice-bench: {} samples per latency; iptables: {ipt_version}", args.samples);
@@ -306,7 +335,13 @@ fn main() -> anyhow::Result<()> {
             row.sluice_apply_ms = wall;
             row.sluice_program_ms = rec / 1000.0;
             eprintln!("   sluice     programmed in {:.1} ms (maps), apply {:.0} ms (CLI, parse + store + maps)", row.sluice_program_ms, wall);
-            let l = interleaved(&topo, &[(None, direct_to.as_str()), (Some(&cg), target.as_str())], args.samples)?;
+            // Direct connections go to both backends, as Sluice's do.
+            let direct2 = format!("{}:8080", real[1].0);
+            let l = interleaved(
+                &topo,
+                &[(None, direct_to.as_str()), (None, direct2.as_str()), (Some(&cg), target.as_str())],
+                args.samples,
+            )?;
             if args.diagnose {
                 let d2 = format!("{}:8080", real[1].0);
                 let paths = [
@@ -317,14 +352,19 @@ fn main() -> anyhow::Result<()> {
                     (Some(&cg), target.as_str()),
                 ];
                 let names = ["pod1 direct", "pod2 direct", "pod1 in cgroup", "pod2 in cgroup", "VIP in cgroup"];
-                for (name, l) in names.iter().zip(interleaved(&topo, &paths, args.samples)?) {
+                for (name, (l, _)) in names.iter().zip(interleaved(&topo, &paths, args.samples)?) {
                     eprintln!("   diagnose   {name:<15} p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
                 }
             }
-            row.direct = l[0].clone();
-            row.sluice = l[1].clone();
+            row.direct = merge(&l[0].0, &l[1].0);
+            row.sluice = l[2].0.clone();
+            let direct_rounds: Vec<f64> = l[0].1.iter().zip(&l[1].1).map(|(a, b)| (a + b) / 2.0).collect();
+            row.sluice_vs_direct_p50 = paired_ratio(&l[2].1, &direct_rounds);
             eprintln!("   direct     p50 {:>8.1} us  p99 {:>8.1} us", row.direct.p50_us, row.direct.p99_us);
-            eprintln!("   sluice     p50 {:>8.1} us  p99 {:>8.1} us", row.sluice.p50_us, row.sluice.p99_us);
+            eprintln!(
+                "   sluice     p50 {:>8.1} us  p99 {:>8.1} us  (paired per-round p50 ratio to direct: {:.3})",
+                row.sluice.p50_us, row.sluice.p99_us, row.sluice_vs_direct_p50
+            );
             if n == largest && args.changes > 0 {
                 // One endpoint of a service in the middle changes back and forth.
                 let mut s = svcs[n / 2].clone();
@@ -348,7 +388,7 @@ fn main() -> anyhow::Result<()> {
             let rules = kubeproxy::iptables_restore(&svcs);
             let ms = timed_stdin(&topo, "iptables-restore", &[], &rules)?;
             row.iptables_restore_ms = Some(ms);
-            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0);
+            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0).0;
             eprintln!("   iptables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
             row.iptables = Some(l);
             timed_stdin(&topo, "iptables-restore", &[], kubeproxy::IPTABLES_FLUSH)?;
@@ -358,7 +398,7 @@ fn main() -> anyhow::Result<()> {
             let rules = kubeproxy::nft(&svcs);
             let ms = timed_stdin(&topo, "nft", &["-f", "-"], &rules)?;
             row.nft_load_ms = Some(ms);
-            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0);
+            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0).0;
             eprintln!("   nftables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
             row.nft = Some(l);
             timed_stdin(&topo, "nft", &["delete", "table", "ip", "kube-proxy"], "")?;
@@ -398,7 +438,7 @@ fn ratio(a: Option<f64>, b: f64) -> String {
 /// Print the tables (Markdown, so they can go into the README as they are).
 fn report(rows: &[Row]) {
     println!("\n### New-connection latency (connect + one request/response + close), microseconds\n");
-    println!("| services | direct p50 | Sluice p50 | iptables p50 | nftables p50 | direct p99 | Sluice p99 | iptables p99 | nftables p99 | Sluice/direct p50 | iptables/Sluice p50 | nftables/Sluice p50 |");
+    println!("| services | direct p50 | Sluice p50 | iptables p50 | nftables p50 | direct p99 | Sluice p99 | iptables p99 | nftables p99 | Sluice/direct p50 (paired) | iptables/Sluice p50 | nftables/Sluice p50 |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
@@ -412,7 +452,7 @@ fn report(rows: &[Row]) {
             r.sluice.p99_us,
             opt(r.iptables.as_ref().map(|l| l.p99_us), ""),
             opt(r.nft.as_ref().map(|l| l.p99_us), ""),
-            r.sluice.p50_us / r.direct.p50_us,
+            r.sluice_vs_direct_p50,
             ratio(r.iptables.as_ref().map(|l| l.p50_us), r.sluice.p50_us),
             ratio(r.nft.as_ref().map(|l| l.p50_us), r.sluice.p50_us),
         );
