@@ -35,14 +35,17 @@ pub enum CoreError {
 pub struct Core<M: LbMaps> {
     store: Store,
     catalog: Catalog,
-    raw: BTreeMap<ObjectRef, Value>,
+    /// Each object as applied, serialised (compact JSON): what `get` shows
+    /// and what "unchanged" is judged by. Bytes rather than `Value`s: a
+    /// tenth of the memory at 100,000 services.
+    raw: BTreeMap<ObjectRef, Vec<u8>>,
     lb: LbState,
     maps: M,
 }
 
 /// What an apply changed in the catalog, to roll it back.
 struct Undo {
-    previous: Vec<(ObjectRef, Option<(Value, Object)>)>,
+    previous: Vec<(ObjectRef, Option<(Vec<u8>, Object)>)>,
 }
 
 impl<M: LbMaps> Core<M> {
@@ -56,7 +59,7 @@ impl<M: LbMaps> Core<M> {
             match from_value(&Origin::new(format!("store:{key}"), 1), value.clone()) {
                 Ok(m) => {
                     catalog.upsert(&m.object_ref, m.object);
-                    raw.insert(m.object_ref, value);
+                    raw.insert(m.object_ref, serde_json::to_vec(&value).expect("JSON values serialise"));
                 }
                 Err(es) => warnings.extend(es.iter().map(|e| format!("skipping stored object: {e}"))),
             }
@@ -101,7 +104,11 @@ impl<M: LbMaps> Core<M> {
 
     /// Every stored object of a kind, as applied.
     pub fn get(&self, kind: Kind) -> Vec<Value> {
-        self.raw.iter().filter(|(r, _)| r.kind == kind).map(|(_, v)| v.clone()).collect()
+        self.raw
+            .iter()
+            .filter(|(r, _)| r.kind == kind)
+            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+            .collect()
     }
 
     /// Apply documents as one change: all of it or, on any error, none.
@@ -131,6 +138,7 @@ impl<M: LbMaps> Core<M> {
         if !errors.is_empty() {
             return Err(CoreError::Invalid(errors));
         }
+        let t_parse = t0.elapsed();
         self.allocate_node_ports(&mut batch)?;
 
         // Tentatively apply to the catalog; validate every touched service.
@@ -139,10 +147,11 @@ impl<M: LbMaps> Core<M> {
         let mut results = Vec::new();
         let mut puts = Vec::new();
         for m in &batch {
+            let bytes = serde_json::to_vec(&m.raw).expect("JSON values serialise");
             let prev = self.raw.get(&m.object_ref).cloned();
             let action = match &prev {
                 None => "created",
-                Some(v) if *v == m.raw => "unchanged",
+                Some(v) if *v == bytes => "unchanged",
                 Some(_) => "configured",
             };
             results.push(ObjectResult { object: m.object_ref.to_string(), action: action.into() });
@@ -152,9 +161,10 @@ impl<M: LbMaps> Core<M> {
             let prev_obj = prev.map(|v| (v, self.current_object(&m.object_ref)));
             undo.previous.push((m.object_ref.clone(), prev_obj.and_then(|(v, o)| o.map(|o| (v, o)))));
             touched.extend(self.catalog.upsert(&m.object_ref, m.object.clone()));
-            self.raw.insert(m.object_ref.clone(), m.raw.clone());
-            puts.push((m.object_ref.key(), m.raw.clone()));
+            puts.push((m.object_ref.key(), bytes.clone()));
+            self.raw.insert(m.object_ref.clone(), bytes);
         }
+        let t_catalog = t0.elapsed();
         let resolved = match self.validate(&touched, &batch) {
             Ok(r) => r,
             Err(es) => {
@@ -166,12 +176,21 @@ impl<M: LbMaps> Core<M> {
             self.rollback(undo);
             return Ok(ChangeReport { results, dry_run, map_writes: 0, apply_us: t0.elapsed().as_micros() as u64, reconcile_us: 0 });
         }
+        let t_validate = t0.elapsed();
         if let Err(e) = self.store.commit(&puts, &[]) {
             self.rollback(undo);
             return Err(e.into());
         }
         let t1 = Instant::now();
         let writes = self.reconcile(resolved)?;
+        tracing::debug!(
+            parse_ms = t_parse.as_millis() as u64,
+            catalog_ms = (t_catalog - t_parse).as_millis() as u64,
+            validate_ms = (t_validate - t_catalog).as_millis() as u64,
+            store_ms = (t1 - t0 - t_validate).as_millis() as u64,
+            maps_ms = t1.elapsed().as_millis() as u64,
+            "apply phases"
+        );
         Ok(ChangeReport {
             results,
             dry_run,
@@ -269,6 +288,7 @@ impl<M: LbMaps> Core<M> {
         let mut errors = Vec::new();
         let mut out = Vec::new();
         let mut claimed: HashMap<FrontendKey, String> = HashMap::new();
+        let blame = Blame::new(batch);
         for name in touched {
             match self.catalog.resolve(name) {
                 Ok(ds) => {
@@ -287,7 +307,7 @@ impl<M: LbMaps> Core<M> {
                                 .filter(|o| !touched.contains(o)),
                         };
                         if let Some(o) = other {
-                            let (origin, object) = blame(batch, name);
+                            let (origin, object) = blame.of(name);
                             let field = if d.key.scope == Scope::NodePort { "spec.ports[].nodePort" } else { "spec" };
                             errors.push(ManifestError::new(
                                 &origin,
@@ -302,7 +322,7 @@ impl<M: LbMaps> Core<M> {
                 }
                 Err(es) => {
                     for e in es {
-                        let (origin, object) = blame(batch, name);
+                        let (origin, object) = blame.of(name);
                         let object = if object == e.object.to_string() { object } else { format!("{object} (for {})", e.object) };
                         errors.push(ManifestError::new(&origin, object, e.field, e.message));
                     }
@@ -424,15 +444,30 @@ fn kind_of(k: FrontendKey) -> &'static str {
     }
 }
 
-/// The batch document to name for a problem of service `name`: the Service
+/// The batch document to name for a problem of a service: the Service
 /// itself if it is in the batch, else the first of its slices that is.
-fn blame(batch: &[Manifest], name: &str) -> (Origin, String) {
-    let svc = batch
-        .iter()
-        .find(|m| m.object_ref.kind == Kind::Service && service_of(&m.object_ref, None).as_deref() == Some(name));
-    let any = svc.or_else(|| batch.iter().find(|m| service_of(&m.object_ref, Some(&m.object)).as_deref() == Some(name)));
-    match any {
-        Some(m) => (m.origin.clone(), m.object_ref.to_string()),
-        None => (Origin::new("-", 0), format!("Service {name}")),
+/// Indexed once per batch: a batch of 100,000 conflicting services must
+/// not cost 100,000 scans of the batch.
+struct Blame {
+    by_service: HashMap<String, (Origin, String)>,
+}
+
+impl Blame {
+    fn new(batch: &[Manifest]) -> Blame {
+        let mut by_service: HashMap<String, (Origin, String)> = HashMap::new();
+        for m in batch {
+            let Some(name) = service_of(&m.object_ref, Some(&m.object)) else { continue };
+            let entry = (m.origin.clone(), m.object_ref.to_string());
+            if m.object_ref.kind == Kind::Service {
+                by_service.insert(name, entry);
+            } else {
+                by_service.entry(name).or_insert(entry);
+            }
+        }
+        Blame { by_service }
+    }
+
+    fn of(&self, name: &str) -> (Origin, String) {
+        self.by_service.get(name).cloned().unwrap_or_else(|| (Origin::new("-", 0), format!("Service {name}")))
     }
 }

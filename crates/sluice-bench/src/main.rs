@@ -287,6 +287,14 @@ impl Drop for Agent {
     }
 }
 
+/// Let the machine finish what the last step left behind (dirty pages of
+/// the store written back, rules freed) before measuring latency.
+fn settle() {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -334,6 +342,7 @@ fn main() -> anyhow::Result<()> {
             let (wall, rec) = agent.apply(&file)?;
             row.sluice_apply_ms = wall;
             row.sluice_program_ms = rec / 1000.0;
+            settle();
             eprintln!("   sluice     programmed in {:.1} ms (maps), apply {:.0} ms (CLI, parse + store + maps)", row.sluice_program_ms, wall);
             // Direct connections go to both backends, as Sluice's do.
             let direct2 = format!("{}:8080", real[1].0);
@@ -388,6 +397,7 @@ fn main() -> anyhow::Result<()> {
             let rules = kubeproxy::iptables_restore(&svcs);
             let ms = timed_stdin(&topo, "iptables-restore", &[], &rules)?;
             row.iptables_restore_ms = Some(ms);
+            settle();
             let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0).0;
             eprintln!("   iptables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
             row.iptables = Some(l);
@@ -398,10 +408,12 @@ fn main() -> anyhow::Result<()> {
             let rules = kubeproxy::nft(&svcs);
             let ms = timed_stdin(&topo, "nft", &["-f", "-"], &rules)?;
             row.nft_load_ms = Some(ms);
+            settle();
             let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0).0;
             eprintln!("   nftables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
             row.nft = Some(l);
             timed_stdin(&topo, "nft", &["delete", "table", "ip", "kube-proxy"], "")?;
+            settle();
         }
         rows.push(row);
     }

@@ -63,14 +63,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Write `puts` and remove `deletes` in one transaction.
-    pub fn commit(&self, puts: &[(String, Value)], deletes: &[String]) -> Result<(), StoreError> {
+    /// Write `puts` (objects already serialised as JSON) and remove
+    /// `deletes` in one transaction.
+    pub fn commit(&self, puts: &[(String, Vec<u8>)], deletes: &[String]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut t = tx.open_table(OBJECTS).map_err(|e| self.err(e))?;
             for (k, v) in puts {
-                let bytes = serde_json::to_vec(v).expect("JSON values serialise");
-                t.insert(k.as_str(), bytes.as_slice()).map_err(|e| self.err(e))?;
+                t.insert(k.as_str(), v.as_slice()).map_err(|e| self.err(e))?;
             }
             for k in deletes {
                 t.remove(k.as_str()).map_err(|e| self.err(e))?;
@@ -93,7 +93,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.commit(&[("Service/a/x".into(), serde_json::json!({"k": 1})), ("Service/a/y".into(), serde_json::json!(2))], &[])
+            let put = |k: &str, v: serde_json::Value| (k.to_string(), serde_json::to_vec(&v).unwrap());
+            s.commit(&[put("Service/a/x", serde_json::json!({"k": 1})), put("Service/a/y", serde_json::json!(2))], &[])
                 .unwrap();
             s.commit(&[], &["Service/a/y".into()]).unwrap();
         }
