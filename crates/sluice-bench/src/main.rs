@@ -302,7 +302,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let topo = Topology::new("bench", 3)?;
+    let topo = Topology::new("sl-bench", 3)?;
     let cg = TestCgroup::new("sl-bench")?;
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -412,7 +412,7 @@ fn main() -> anyhow::Result<()> {
             let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0).0;
             eprintln!("   nftables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
             row.nft = Some(l);
-            timed_stdin(&topo, "nft", &["delete", "table", "ip", "kube-proxy"], "")?;
+            timed_stdin(&topo, "nft", &["-f", "-"], kubeproxy::NFT_FLUSH)?;
             settle();
         }
         rows.push(row);

@@ -78,7 +78,8 @@ pub struct Env {
 impl Env {
     pub fn new(name: &str, pods: usize) -> anyhow::Result<Env> {
         require_root();
-        let topo = Topology::new(name, pods)?;
+        // `sl-` names: scripts/test.sh checks that none is left behind.
+        let topo = Topology::new(&format!("sl-{name}"), pods)?;
         let cgroup = TestCgroup::new(&format!("sl-{name}"))?;
         let id = format!("{name}-{}-{}", std::process::id(), unique());
         let tmp = std::env::temp_dir().join(format!("sluice-e2e-{id}"));

@@ -9,14 +9,17 @@ use anyhow::{bail, Context};
 /// (`/sys/fs/cgroup` on a pure v2 system, `/sys/fs/cgroup/unified` on a
 /// hybrid one like this machine).
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     cgroup2_root_from(&info).context("no cgroup v2 hierarchy in /proc/self/mountinfo")
 }
 
 fn cgroup2_root_from(mountinfo: &str) -> Option<PathBuf> {
     for line in mountinfo.lines() {
         // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if right.split_whitespace().next() != Some("cgroup2") {
             continue;
         }
@@ -37,7 +40,10 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -65,7 +71,8 @@ pub struct TestCgroup {
 impl TestCgroup {
     pub fn new(prefix: &str) -> anyhow::Result<TestCgroup> {
         let path = cgroup2_root()?.join(crate::unique_name(prefix));
-        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(TestCgroup { path })
     }
 
@@ -98,7 +105,10 @@ impl Drop for TestCgroup {
                 Ok(()) => return,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
                 Err(e) if t0.elapsed() >= Duration::from_secs(2) => {
-                    eprintln!("sluice-testbed: cgroup {} not removed: {e}", self.path.display());
+                    eprintln!(
+                        "sluice-testbed: cgroup {} not removed: {e}",
+                        self.path.display()
+                    );
                     return;
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -116,11 +126,24 @@ mod tests {
         let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
                       32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
                       41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(cgroup2_root_from(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_root_from(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            cgroup2_root_from(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let unified =
+            "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_root_from(unified),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
         let escaped = "29 23 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
-        assert_eq!(cgroup2_root_from(escaped), Some(PathBuf::from("/mnt/my cg")));
-        assert_eq!(cgroup2_root_from("1 0 0:1 / / rw - ext4 /dev/sda rw\n"), None);
+        assert_eq!(
+            cgroup2_root_from(escaped),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+        assert_eq!(
+            cgroup2_root_from("1 0 0:1 / / rw - ext4 /dev/sda rw\n"),
+            None
+        );
     }
 }

@@ -116,7 +116,10 @@ pub enum Family {
 
 impl Family {
     fn has(self, ip: &IpAddr) -> bool {
-        matches!((self, ip), (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
     }
 }
 
@@ -158,12 +161,23 @@ fn join_host_port(ip: &IpAddr, port: u16) -> String {
 
 /// iptables mode's `KUBE-SVC-<hash>` chain of a service port.
 pub fn svc_chain(s: &KpService) -> String {
-    format!("KUBE-SVC-{}", hash_b32(&format!("{}{}", s.port_name_string(), s.protocol.lower()), 16))
+    format!(
+        "KUBE-SVC-{}",
+        hash_b32(
+            &format!("{}{}", s.port_name_string(), s.protocol.lower()),
+            16
+        )
+    )
 }
 
 /// iptables mode's `KUBE-SEP-<hash>` chain of one endpoint of a service port.
 pub fn sep_chain(s: &KpService, ep: &(IpAddr, u16)) -> String {
-    let key = format!("{}{}{}", s.port_name_string(), s.protocol.lower(), join_host_port(&ep.0, ep.1));
+    let key = format!(
+        "{}{}{}",
+        s.port_name_string(),
+        s.protocol.lower(),
+        join_host_port(&ep.0, ep.1)
+    );
     format!("KUBE-SEP-{}", hash_b32(&key, 16))
 }
 
@@ -180,7 +194,13 @@ fn hash_and_truncate(name: &str) -> String {
 
 /// nftables mode's `service-<hash>-ns/name/proto/port` chain.
 pub fn nft_service_chain(s: &KpService) -> String {
-    let base = format!("{}/{}/{}/{}", s.namespace, s.name, s.protocol.lower(), s.port_name);
+    let base = format!(
+        "{}/{}/{}/{}",
+        s.namespace,
+        s.name,
+        s.protocol.lower(),
+        s.port_name
+    );
     format!("service-{}", hash_and_truncate(&base))
 }
 
@@ -188,7 +208,15 @@ pub fn nft_service_chain(s: &KpService) -> String {
 /// (an IPv6 address's colons become dots).
 pub fn nft_endpoint_chain(s: &KpService, ep: &(IpAddr, u16)) -> String {
     let ip = ep.0.to_string().replace(':', ".");
-    let base = format!("{}/{}/{}/{}__{}/{}", s.namespace, s.name, s.protocol.lower(), s.port_name, ip, ep.1);
+    let base = format!(
+        "{}/{}/{}/{}__{}/{}",
+        s.namespace,
+        s.name,
+        s.protocol.lower(),
+        s.port_name,
+        ip,
+        ep.1
+    );
     format!("endpoint-{}", hash_and_truncate(&base))
 }
 
@@ -231,7 +259,14 @@ pub fn iptables_restore_with(cfg: &KpConfig, family: Family, services: &[KpServi
     // filter: rejects for services without endpoints, forwarding of marked
     // and established traffic.
     o.push_str("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
-    for c in ["KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL"] {
+    for c in [
+        "KUBE-NODEPORTS",
+        "KUBE-SERVICES",
+        "KUBE-EXTERNAL-SERVICES",
+        "KUBE-FIREWALL",
+        "KUBE-FORWARD",
+        "KUBE-PROXY-FIREWALL",
+    ] {
         let _ = writeln!(o, ":{c} - [0:0]");
     }
     let lbfw = "-m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL";
@@ -239,11 +274,17 @@ pub fn iptables_restore_with(cfg: &KpConfig, family: Family, services: &[KpServi
     let external =
         "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES";
     let _ = writeln!(o, "-A INPUT {lbfw}");
-    let _ = writeln!(o, "-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS");
+    let _ = writeln!(
+        o,
+        "-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS"
+    );
     let _ = writeln!(o, "-A INPUT {external}");
     let _ = writeln!(o, "-A INPUT -j KUBE-FIREWALL");
     let _ = writeln!(o, "-A FORWARD {lbfw}");
-    let _ = writeln!(o, "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD");
+    let _ = writeln!(
+        o,
+        "-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD"
+    );
     let _ = writeln!(o, "-A FORWARD {portals}");
     let _ = writeln!(o, "-A FORWARD {external}");
     let _ = writeln!(o, "-A OUTPUT {lbfw}");
@@ -278,14 +319,31 @@ pub fn iptables_restore_with(cfg: &KpConfig, family: Family, services: &[KpServi
 
     // nat: the service chains.
     let mut chains = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
-    for c in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
+    for c in [
+        "KUBE-SERVICES",
+        "KUBE-NODEPORTS",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ] {
         let _ = writeln!(chains, ":{c} - [0:0]");
     }
     let mut rules = String::new();
-    let _ = writeln!(rules, "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES");
-    let _ = writeln!(rules, "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES");
-    let _ = writeln!(rules, "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING");
-    let _ = writeln!(rules, "-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN");
+    let _ = writeln!(
+        rules,
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+    );
+    let _ = writeln!(
+        rules,
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"
+    );
+    let _ = writeln!(
+        rules,
+        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"
+    );
+    let _ = writeln!(
+        rules,
+        "-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN"
+    );
     let _ = writeln!(rules, "-A KUBE-POSTROUTING -j MARK --xor-mark {mark}");
     let _ = writeln!(
         rules,
@@ -319,14 +377,27 @@ pub fn iptables_restore_with(cfg: &KpConfig, family: Family, services: &[KpServi
             let hp = join_host_port(&ep.0, ep.1);
             let _ = writeln!(chains, ":{sep} - [0:0]");
             let stat = if i + 1 < n {
-                format!(" -m statistic --mode random --probability {:.10}", 1.0 / (n - i) as f64)
+                format!(
+                    " -m statistic --mode random --probability {:.10}",
+                    1.0 / (n - i) as f64
+                )
             } else {
                 String::new()
             };
-            let _ = writeln!(per_service, "-A {svc} -m comment --comment \"{spn} -> {hp}\"{stat} -j {sep}");
+            let _ = writeln!(
+                per_service,
+                "-A {svc} -m comment --comment \"{spn} -> {hp}\"{stat} -j {sep}"
+            );
             let c = quote(&spn);
-            let _ = writeln!(sep_rules, "-A {sep} -m comment --comment {c} -s {} -j KUBE-MARK-MASQ", ep.0);
-            let _ = writeln!(sep_rules, "-A {sep} -m comment --comment {c} -m {p} -p {p} -j DNAT --to-destination {hp}");
+            let _ = writeln!(
+                sep_rules,
+                "-A {sep} -m comment --comment {c} -s {} -j KUBE-MARK-MASQ",
+                ep.0
+            );
+            let _ = writeln!(
+                sep_rules,
+                "-A {sep} -m comment --comment {c} -m {p} -p {p} -j DNAT --to-destination {hp}"
+            );
         }
         per_service.push_str(&sep_rules);
     }
@@ -345,6 +416,27 @@ pub fn iptables_restore_with(cfg: &KpConfig, family: Family, services: &[KpServi
 /// again (built-in chains emptied, with policy ACCEPT; our chains deleted).
 pub const IPTABLES_FLUSH: &str = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n\
 *nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
+
+/// The `iptables-restore` this machine uses by default. On Debian 12 that
+/// is the nf_tables backend (`iptables-nft-restore`); the legacy one
+/// (`iptables-legacy-restore`) works here too.
+pub const IPTABLES_RESTORE: &str = "iptables-restore";
+pub const IP6TABLES_RESTORE: &str = "ip6tables-restore";
+
+/// Load [`iptables_restore`] / [`ip6tables_restore`] output into `ns` with
+/// `ip netns exec NS iptables-restore` (or `ip6tables-restore`).
+pub fn load_iptables(ns: &crate::netns::Netns, family: Family, rules: &str) -> anyhow::Result<()> {
+    let tool = match family {
+        Family::V4 => IPTABLES_RESTORE,
+        Family::V6 => IP6TABLES_RESTORE,
+    };
+    ns.exec_stdin(&[tool], rules).map(|_| ())
+}
+
+/// Load [`nft`] output into `ns` with `ip netns exec NS nft -f -`.
+pub fn load_nft(ns: &crate::netns::Netns, rules: &str) -> anyhow::Result<()> {
+    ns.exec_stdin(&["nft", "-f", "-"], rules).map(|_| ())
+}
 
 // ---------------------------------------------------------------- nftables
 
@@ -378,37 +470,77 @@ fn nft_family(o: &mut String, cfg: &KpConfig, family: Family, services: &[KpServ
     let t = format!("{x} kube-proxy");
     let mark = format!("{:#x}", cfg.masquerade_mark);
     let _ = writeln!(o, "add table {t} {{ comment \"rules for kube-proxy\" ; }}");
-    let _ = writeln!(o, "add set {t} cluster-ips {{ type {addr_type} ; comment \"Active ClusterIPs\" ; }}");
+    let _ = writeln!(
+        o,
+        "add set {t} cluster-ips {{ type {addr_type} ; comment \"Active ClusterIPs\" ; }}"
+    );
     let _ = writeln!(o, "add set {t} nodeport-ips {{ type {addr_type} ; comment \"IPs that accept NodePort traffic\" ; }}");
     let tuple = format!("{addr_type} . inet_proto . inet_service : verdict");
     for (name, ty, comment) in [
-        ("firewall-ips", tuple.as_str(), "destinations that are subject to LoadBalancerSourceRanges"),
+        (
+            "firewall-ips",
+            tuple.as_str(),
+            "destinations that are subject to LoadBalancerSourceRanges",
+        ),
         (
             "no-endpoint-nodeports",
             "inet_proto . inet_service : verdict",
             "vmap to drop or reject packets to service nodeports with no endpoints",
         ),
-        ("no-endpoint-services", tuple.as_str(), "vmap to drop or reject packets to services with no endpoints"),
-        ("service-ips", tuple.as_str(), "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
-        ("service-nodeports", "inet_proto . inet_service : verdict", "NodePort traffic"),
+        (
+            "no-endpoint-services",
+            tuple.as_str(),
+            "vmap to drop or reject packets to services with no endpoints",
+        ),
+        (
+            "service-ips",
+            tuple.as_str(),
+            "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+        ),
+        (
+            "service-nodeports",
+            "inet_proto . inet_service : verdict",
+            "NodePort traffic",
+        ),
     ] {
-        let _ = writeln!(o, "add map {t} {name} {{ type {ty} ; comment \"{comment}\" ; }}");
+        let _ = writeln!(
+            o,
+            "add map {t} {name} {{ type {ty} ; comment \"{comment}\" ; }}"
+        );
     }
     for (name, spec) in [
         ("cluster-ips-check", ""),
-        ("filter-prerouting-pre-dnat", " { type filter hook prerouting priority -110 ; }"),
-        ("filter-output-pre-dnat", " { type filter hook output priority -110 ; }"),
-        ("filter-forward", " { type filter hook forward priority 0 ; }"),
+        (
+            "filter-prerouting-pre-dnat",
+            " { type filter hook prerouting priority -110 ; }",
+        ),
+        (
+            "filter-output-pre-dnat",
+            " { type filter hook output priority -110 ; }",
+        ),
+        (
+            "filter-forward",
+            " { type filter hook forward priority 0 ; }",
+        ),
         ("filter-input", " { type filter hook input priority 0 ; }"),
         ("filter-output", " { type filter hook output priority 0 ; }"),
         ("firewall-check", ""),
         ("mark-for-masquerade", ""),
         ("masquerading", ""),
         ("nat-output", " { type nat hook output priority -100 ; }"),
-        ("nat-postrouting", " { type nat hook postrouting priority 100 ; }"),
-        ("nat-prerouting", " { type nat hook prerouting priority -100 ; }"),
+        (
+            "nat-postrouting",
+            " { type nat hook postrouting priority 100 ; }",
+        ),
+        (
+            "nat-prerouting",
+            " { type nat hook prerouting priority -100 ; }",
+        ),
         ("nodeport-endpoints-check", ""),
-        ("reject-chain", " { comment \"helper for @no-endpoint-services / @no-endpoint-nodeports\" ; }"),
+        (
+            "reject-chain",
+            " { comment \"helper for @no-endpoint-services / @no-endpoint-nodeports\" ; }",
+        ),
         ("services", ""),
         ("service-endpoints-check", ""),
     ] {
@@ -460,17 +592,38 @@ fn nft_family(o: &mut String, cfg: &KpConfig, family: Family, services: &[KpServ
         }
         let svc = nft_service_chain(s);
         let _ = writeln!(o, "add chain {t} {svc}");
-        let _ = writeln!(o, "add rule {t} {svc} {x} daddr {} {x} saddr != {cluster_cidr} jump mark-for-masquerade", s.vip);
+        let _ = writeln!(
+            o,
+            "add rule {t} {svc} {x} daddr {} {x} saddr != {cluster_cidr} jump mark-for-masquerade",
+            s.vip
+        );
         let mut vmap = Vec::with_capacity(eps.len());
         for (i, ep) in eps.iter().enumerate() {
             let epc = nft_endpoint_chain(s, ep);
             let _ = writeln!(o, "add chain {t} {epc}");
-            let _ = writeln!(o, "add rule {t} {epc} {x} saddr {} jump mark-for-masquerade", ep.0);
-            let _ = writeln!(o, "add rule {t} {epc} meta l4proto {p} dnat to {}", join_host_port(&ep.0, ep.1));
+            let _ = writeln!(
+                o,
+                "add rule {t} {epc} {x} saddr {} jump mark-for-masquerade",
+                ep.0
+            );
+            let _ = writeln!(
+                o,
+                "add rule {t} {epc} meta l4proto {p} dnat to {}",
+                join_host_port(&ep.0, ep.1)
+            );
             vmap.push(format!("{i} : goto {epc}"));
         }
-        let _ = writeln!(o, "add rule {t} {svc} numgen random mod {} vmap {{ {} }}", vmap.len(), vmap.join(" , "));
-        let _ = writeln!(o, "add element {t} service-ips {{ {} . {p} . {} : goto {svc} }}", s.vip, s.port);
+        let _ = writeln!(
+            o,
+            "add rule {t} {svc} numgen random mod {} vmap {{ {} }}",
+            vmap.len(),
+            vmap.join(" , ")
+        );
+        let _ = writeln!(
+            o,
+            "add element {t} service-ips {{ {} . {p} . {} : goto {svc} }}",
+            s.vip, s.port
+        );
     }
 }
 
@@ -503,32 +656,58 @@ mod tests {
     fn chain_names_match_kube_proxy() {
         let s1 = svc("ns1", "svc1", "172.30.0.41", &["10.180.0.1"]);
         assert_eq!(svc_chain(&s1), "KUBE-SVC-XPGD46QRK7WJZT7O");
-        assert_eq!(sep_chain(&s1, &s1.endpoints[0]), "KUBE-SEP-SXIVWICOYRO3J4NJ");
+        assert_eq!(
+            sep_chain(&s1, &s1.endpoints[0]),
+            "KUBE-SEP-SXIVWICOYRO3J4NJ"
+        );
         let s3 = svc("ns3", "svc3", "172.30.0.43", &["10.180.0.3"]);
         assert_eq!(svc_chain(&s3), "KUBE-SVC-X27LE4BHSL4DOUIK");
-        assert_eq!(sep_chain(&s3, &s3.endpoints[0]), "KUBE-SEP-OYPFS5VJICHGATKP");
+        assert_eq!(
+            sep_chain(&s3, &s3.endpoints[0]),
+            "KUBE-SEP-OYPFS5VJICHGATKP"
+        );
         let s5 = svc("ns5", "svc5", "172.30.0.45", &["10.180.0.3"]);
-        assert_eq!(sep_chain(&s5, &s5.endpoints[0]), "KUBE-SEP-I77PXRDZVX7PMWMN");
+        assert_eq!(
+            sep_chain(&s5, &s5.endpoints[0]),
+            "KUBE-SEP-I77PXRDZVX7PMWMN"
+        );
 
         assert_eq!(nft_service_chain(&s1), "service-ULMVA6XW-ns1/svc1/tcp/p80");
-        assert_eq!(nft_endpoint_chain(&s1, &s1.endpoints[0]), "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80");
+        assert_eq!(
+            nft_endpoint_chain(&s1, &s1.endpoints[0]),
+            "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+        );
         let s4 = svc("ns4", "svc4", "172.30.0.44", &["10.180.0.4", "10.180.0.5"]);
         assert_eq!(nft_service_chain(&s4), "service-LAUZTJTB-ns4/svc4/tcp/p80");
-        assert_eq!(nft_endpoint_chain(&s4, &s4.endpoints[0]), "endpoint-UNZV3OEC-ns4/svc4/tcp/p80__10.180.0.4/80");
-        assert_eq!(nft_endpoint_chain(&s4, &s4.endpoints[1]), "endpoint-5RFCDDV7-ns4/svc4/tcp/p80__10.180.0.5/80");
+        assert_eq!(
+            nft_endpoint_chain(&s4, &s4.endpoints[0]),
+            "endpoint-UNZV3OEC-ns4/svc4/tcp/p80__10.180.0.4/80"
+        );
+        assert_eq!(
+            nft_endpoint_chain(&s4, &s4.endpoints[1]),
+            "endpoint-5RFCDDV7-ns4/svc4/tcp/p80__10.180.0.5/80"
+        );
         let s2 = svc("ns2", "svc2", "172.30.0.42", &["10.180.0.2"]);
         assert_eq!(nft_service_chain(&s2), "service-42NFTM6N-ns2/svc2/tcp/p80");
     }
 
     #[test]
     fn iptables_has_kube_proxys_shape() {
-        let cfg = KpConfig { cluster_cidr4: "10.0.0.0/8".into(), ..KpConfig::default() };
+        let cfg = KpConfig {
+            cluster_cidr4: "10.0.0.0/8".into(),
+            ..KpConfig::default()
+        };
         let t = iptables_restore_with(
             &cfg,
             Family::V4,
             &[
                 svc("ns1", "svc1", "172.30.0.41", &["10.180.0.1"]),
-                svc("ns4", "svc4", "172.30.0.44", &["10.180.0.4", "10.180.0.5", "10.180.0.6"]),
+                svc(
+                    "ns4",
+                    "svc4",
+                    "172.30.0.44",
+                    &["10.180.0.4", "10.180.0.5", "10.180.0.6"],
+                ),
                 svc("ns6", "svc6", "172.30.0.46", &[]),
                 svc("ns7", "svc7", "fd00:5c:ee::7", &["fd00:5c:1::10"]),
             ],
@@ -550,19 +729,30 @@ mod tests {
         assert_eq!(t.matches(":KUBE-SEP-").count(), 4);
         assert!(!t.contains("fd00"), "IPv6 service in the IPv4 rules\n{t}");
         // The nodeports jump is the last rule of KUBE-SERVICES.
-        let last = t.lines().filter(|l| l.starts_with("-A KUBE-SERVICES") && !l.contains("REJECT")).last().unwrap();
+        let last = t
+            .lines()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES") && !l.contains("REJECT"))
+            .unwrap();
         assert!(last.contains("KUBE-NODEPORTS"), "{last}");
         assert!(t.ends_with("COMMIT\n"));
 
         let t6 = ip6tables_restore(&[svc("ns7", "svc7", "fd00:5c:ee::7", &["fd00:5c:1::10"])]);
-        assert!(t6.contains("-j DNAT --to-destination [fd00:5c:1::10]:80"), "{t6}");
+        assert!(
+            t6.contains("-j DNAT --to-destination [fd00:5c:1::10]:80"),
+            "{t6}"
+        );
         assert!(t6.contains("! -s fd00:5c:1::/64 -j KUBE-MARK-MASQ"), "{t6}");
     }
 
     #[test]
     fn nft_has_kube_proxys_shape() {
         let t = nft(&[
-            svc("ns4", "svc4", "198.19.0.44", &["198.18.1.10", "198.18.1.11"]),
+            svc(
+                "ns4",
+                "svc4",
+                "198.19.0.44",
+                &["198.18.1.10", "198.18.1.11"],
+            ),
             svc("ns6", "svc6", "198.19.0.46", &[]),
         ]);
         for line in [
@@ -574,10 +764,16 @@ mod tests {
         ] {
             assert!(t.contains(line), "missing {line}\n{t}");
         }
-        assert!(!t.contains("add table ip6 kube-proxy {"), "no IPv6 table without IPv6 services");
+        assert!(
+            !t.contains("add table ip6 kube-proxy {"),
+            "no IPv6 table without IPv6 services"
+        );
         let t6 = nft(&[svc("ns7", "svc7", "fd00:5c:ee::7", &["fd00:5c:1::10"])]);
         assert!(t6.contains("endpoint-"), "{t6}");
         assert!(t6.contains("__fd00.5c.1..10/80"), "{t6}");
-        assert!(t6.contains("meta l4proto tcp dnat to [fd00:5c:1::10]:80"), "{t6}");
+        assert!(
+            t6.contains("meta l4proto tcp dnat to [fd00:5c:1::10]:80"),
+            "{t6}"
+        );
     }
 }

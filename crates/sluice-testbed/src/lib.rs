@@ -24,7 +24,11 @@
 //! the topology and cgroup first and the processes after does the right thing.
 //!
 //! Everything needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN); [`is_root`] lets
-//! tests skip themselves otherwise.
+//! tests skip themselves otherwise. This crate's own tests
+//! (`cargo test -p sluice-testbed`, a few seconds) do that: as root they
+//! build real namespaces, run `sluice-probe` in them and load the
+//! [`kubeproxy`] rules with `iptables-restore` (the nf_tables backend on
+//! Debian 12), `iptables-legacy-restore` and `nft`.
 
 pub mod cgroup;
 pub mod kubeproxy;
@@ -68,7 +72,11 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
 pub fn run_stdin(program: &str, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().with_context(|| format!("starting {program}"))?;
     if let Some(input) = input {
         let mut stdin = child.stdin.take().expect("piped stdin");
@@ -78,11 +86,15 @@ pub fn run_stdin(program: &str, args: &[&str], input: Option<&str>) -> anyhow::R
         let writer = std::thread::spawn(move || {
             let _ = stdin.write_all(&data);
         });
-        let out = child.wait_with_output().with_context(|| format!("waiting for {program}"))?;
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("waiting for {program}"))?;
         let _ = writer.join();
         return check(program, args, out);
     }
-    let out = child.wait_with_output().with_context(|| format!("waiting for {program}"))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {program}"))?;
     check(program, args, out)
 }
 

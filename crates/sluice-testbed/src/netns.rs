@@ -30,7 +30,10 @@ impl Netns {
             let _g = CREATE.lock().unwrap_or_else(|e| e.into_inner());
             crate::run("ip", &["netns", "add", &name])?;
         }
-        let ns = Netns { path: PathBuf::from(format!("/run/netns/{name}")), name };
+        let ns = Netns {
+            path: PathBuf::from(format!("/run/netns/{name}")),
+            name,
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -68,7 +71,9 @@ impl Netns {
     /// the cgroup mounts stay visible). Returns stdout, fails with stderr.
     pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = crate::proc::command(Some(self), None, Path::new(program), args)?;
-        let out = cmd.output().with_context(|| format!("running {program} in {}", self.name))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {program} in {}", self.name))?;
         if !out.status.success() {
             bail!(
                 "`{program} {}` in {} failed ({}): {}",
@@ -106,13 +111,18 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         let path = sysctl_path(key)?;
         let value = value.to_string();
-        self.try_enter(move || std::fs::write(&path, value.as_bytes()).with_context(|| format!("writing {}", path.display())))?
+        self.try_enter(move || {
+            std::fs::write(&path, value.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))
+        })?
     }
 
     /// Read a `net.*` sysctl inside the namespace.
     pub fn sysctl_get(&self, key: &str) -> anyhow::Result<String> {
         let path = sysctl_path(key)?;
-        let v = self.try_enter(move || std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display())))??;
+        let v = self.try_enter(move || {
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        })??;
         Ok(v.trim().to_string())
     }
 
@@ -131,7 +141,8 @@ impl Netns {
 
     /// [`Netns::enter`], with failure to enter as an error.
     pub fn try_enter<F: FnOnce() -> R + Send, R: Send>(&self, f: F) -> anyhow::Result<R> {
-        let file = File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let file =
+            File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
         let joined = std::thread::scope(|s| {
             s.spawn(move || -> anyhow::Result<R> {
                 nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)

@@ -31,12 +31,18 @@ pub struct Spawned {
     program: String,
     pidfd: Option<OwnedFd>,
     /// stdout after the `ready` line, for [`spawn_ready`] children.
-    drained: Option<(Arc<Mutex<Vec<u8>>>, JoinHandle<()>)>,
+    drained: Option<Drained>,
 }
+
+/// A buffer a reader thread keeps appending a child's stdout to.
+type Drained = (Arc<Mutex<Vec<u8>>>, JoinHandle<()>);
 
 impl std::fmt::Debug for Spawned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spawned").field("pid", &self.pid).field("program", &self.program).finish()
+        f.debug_struct("Spawned")
+            .field("pid", &self.pid)
+            .field("program", &self.program)
+            .finish()
     }
 }
 
@@ -46,19 +52,31 @@ impl std::fmt::Debug for Spawned {
 /// very first instruction. Only the network namespace changes: the mount
 /// namespace is kept (bpffs and cgroupfs stay visible). stdin is /dev/null;
 /// set stdout/stderr as needed, then start it with [`Spawned::spawn`].
-pub fn command(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> anyhow::Result<Command> {
+pub fn command(
+    netns: Option<&Netns>,
+    cgroup: Option<&TestCgroup>,
+    program: &Path,
+    args: &[&str],
+) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null());
     // Everything is opened before the fork (with O_CLOEXEC, so it is closed
     // again by exec); the child only makes system calls.
     let ns_file = match netns {
-        Some(n) => Some(File::open(n.path()).with_context(|| format!("opening {}", n.path().display()))?),
+        Some(n) => {
+            Some(File::open(n.path()).with_context(|| format!("opening {}", n.path().display()))?)
+        }
         None => None,
     };
     let procs_file = match cgroup {
         Some(c) => {
             let p = c.path().join("cgroup.procs");
-            Some(OpenOptions::new().write(true).open(&p).with_context(|| format!("opening {}", p.display()))?)
+            Some(
+                OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .with_context(|| format!("opening {}", p.display()))?,
+            )
         }
         None => None,
     };
@@ -124,7 +142,13 @@ impl Spawned {
         // Taken while the child is certainly unreaped: it names this process
         // and no other, even after the pid is recycled.
         let pidfd = pidfd_open(pid);
-        Ok(Spawned { child: Some(child), pid, program, pidfd, drained: None })
+        Ok(Spawned {
+            child: Some(child),
+            pid,
+            program,
+            pidfd,
+            drained: None,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -162,7 +186,11 @@ impl Spawned {
             match &self.pidfd {
                 Some(fd) => {
                     // A pidfd turns readable when the process exits.
-                    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    let mut p = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
                     let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
                     // SAFETY: one valid pollfd for the duration of the call.
                     unsafe { libc::poll(&mut p, 1, ms) };
@@ -183,7 +211,13 @@ impl Spawned {
         match &self.pidfd {
             // SAFETY: a pidfd we own; null siginfo and no flags.
             Some(fd) => unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0u32);
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    signal,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                );
             },
             // SAFETY: our own child, not reaped (checked just above, and only
             // this handle can reap it).
@@ -237,13 +271,19 @@ impl Spawned {
             }
         };
         let (out, err) = collect(stdout, stderr, self.drained.take());
-        Ok(Output { status, stdout: out, stderr: err })
+        Ok(Output {
+            status,
+            stdout: out,
+            stderr: err,
+        })
     }
 
     /// For a [`spawn_ready`] child: what it printed on stdout after `ready`.
     pub fn stdout_so_far(&self) -> String {
         match &self.drained {
-            Some((buf, _)) => String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned(),
+            Some((buf, _)) => {
+                String::from_utf8_lossy(&buf.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+            }
             None => String::new(),
         }
     }
@@ -266,10 +306,13 @@ fn reader<R: Read + Send + 'static>(mut r: R) -> Reader {
 fn collect(
     stdout: Option<Reader>,
     stderr: Option<Reader>,
-    drained: Option<(Arc<Mutex<Vec<u8>>>, JoinHandle<()>)>,
+    drained: Option<Drained>,
 ) -> (Vec<u8>, Vec<u8>) {
     let grace = Duration::from_secs(2);
-    let get = |r: Option<Reader>| r.and_then(|r| r.recv_timeout(grace).ok()).unwrap_or_default();
+    let get = |r: Option<Reader>| {
+        r.and_then(|r| r.recv_timeout(grace).ok())
+            .unwrap_or_default()
+    };
     let mut out = get(stdout);
     let err = get(stderr);
     if let Some((buf, handle)) = drained {
@@ -290,13 +333,23 @@ impl Drop for Spawned {
 }
 
 /// Start `program` with stdout and stderr inherited from us.
-pub fn spawn_in(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> anyhow::Result<Spawned> {
+pub fn spawn_in(
+    netns: Option<&Netns>,
+    cgroup: Option<&TestCgroup>,
+    program: &Path,
+    args: &[&str],
+) -> anyhow::Result<Spawned> {
     Spawned::spawn(command(netns, cgroup, program, args)?)
 }
 
 /// Start `program` with stdout and stderr piped, to be collected by
 /// [`Spawned::wait_output`].
-pub fn spawn_in_capture(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> anyhow::Result<Spawned> {
+pub fn spawn_in_capture(
+    netns: Option<&Netns>,
+    cgroup: Option<&TestCgroup>,
+    program: &Path,
+    args: &[&str],
+) -> anyhow::Result<Spawned> {
     let mut cmd = command(netns, cgroup, program, args)?;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     Spawned::spawn(cmd)
@@ -319,7 +372,12 @@ pub fn spawn_in_logged(
 /// `ready` on stdout, as `sluice-probe serve` does once it listens. Its
 /// stderr is inherited; its later stdout is kept (see
 /// [`Spawned::stdout_so_far`]).
-pub fn spawn_ready(netns: Option<&Netns>, cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> anyhow::Result<Spawned> {
+pub fn spawn_ready(
+    netns: Option<&Netns>,
+    cgroup: Option<&TestCgroup>,
+    program: &Path,
+    args: &[&str],
+) -> anyhow::Result<Spawned> {
     spawn_ready_timeout(netns, cgroup, program, args, READY_TIMEOUT)
 }
 
@@ -350,18 +408,29 @@ pub fn spawn_ready_timeout(
             if n == 0 {
                 break;
             }
-            b.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
+            b.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&chunk[..n]);
         }
     });
     s.drained = Some((buf, handle));
     match rx.recv_timeout(timeout) {
         Ok(Some(line)) if line.trim() == "ready" => Ok(s),
-        Ok(Some(line)) => bail!("{} {args:?}: expected `ready`, got {line:?}", program.display()),
+        Ok(Some(line)) => bail!(
+            "{} {args:?}: expected `ready`, got {line:?}",
+            program.display()
+        ),
         Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
             let st = s.wait_timeout(Duration::from_millis(500))?;
-            bail!("{} {args:?} exited before it was ready ({st:?})", program.display())
+            bail!(
+                "{} {args:?} exited before it was ready ({st:?})",
+                program.display()
+            )
         }
-        Err(mpsc::RecvTimeoutError::Timeout) => bail!("{} {args:?} not ready within {timeout:?}", program.display()),
+        Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+            "{} {args:?} not ready within {timeout:?}",
+            program.display()
+        ),
     }
 }
 

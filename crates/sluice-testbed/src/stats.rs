@@ -74,7 +74,7 @@ mod tests {
         assert_eq!(percentile(&mut w, 50.0), 20);
         assert_eq!(percentile(&mut w, 51.0), 30);
         assert_eq!(mean(&[1, 2, 3, 4]), 2);
-        let s = summary(&mut vec![5, 1, 9]);
+        let s = summary(&mut [5, 1, 9]);
         assert_eq!((s.n, s.min, s.p50, s.max, s.mean), (3, 1, 5, 9, 5));
     }
 }

@@ -9,6 +9,14 @@
 //!                                                       fd00:5c:ff::1/128; ip_forward on (v4 and v6)
 //! ```
 //!
+//! The node also has a default route (v4 and v6) into a sink: `uplink0`, a
+//! veth whose peer `uplink0p` stays down, so whatever is sent there is
+//! dropped inside the node. Like on a real node, traffic to an address no
+//! one has (say a service IP without rules) is thus routed, passes the
+//! node's FORWARD/OUTPUT netfilter hooks (where kube-proxy rejects or drops
+//! it) and then vanishes (a timeout), instead of failing at routing with
+//! ENETUNREACH.
+//!
 //! (The pod's IPv6 host part repeats the IPv4 last octet's digits: pod 0 is
 //! 198.18.1.10 and fd00:5c:1::10.) Pods reach each other and the node address
 //! through the node, in both families. Each veth pair is created inside the
@@ -31,6 +39,8 @@ pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// Where pod addresses come from (kube-proxy's `--cluster-cidr` for them).
 pub const POD_CIDR4: &str = "198.18.1.0/24";
 pub const POD_CIDR6: &str = "fd00:5c:1::/64";
+/// The node's sink for traffic to unknown addresses (see the module docs).
+pub const UPLINK: &str = "uplink0";
 /// At most this many pods per topology (198.18.1.10 ..= 198.18.1.254).
 pub const MAX_PODS: usize = 245;
 
@@ -42,7 +52,8 @@ pub fn pod_ip4(i: usize) -> Ipv4Addr {
 /// The IPv6 address of pod `i`: `fd00:5c:1::<10+i>`, the decimal digits of
 /// the IPv4 address's last octet read as hex.
 pub fn pod_ip6(i: usize) -> Ipv6Addr {
-    let last = u16::from_str_radix(&(10 + i).to_string(), 16).expect("decimal digits are hex digits");
+    let last =
+        u16::from_str_radix(&(10 + i).to_string(), 16).expect("decimal digits are hex digits");
     Ipv6Addr::new(0xfd00, 0x5c, 1, 0, 0, 0, 0, last)
 }
 
@@ -94,9 +105,18 @@ impl Topology {
         node.ip_batch(&[
             format!("addr add {NODE_IP4}/32 dev {node_dev}"),
             format!("addr add {NODE_IP6}/128 dev {node_dev} nodad"),
+            format!("link add {UPLINK} type veth peer name {UPLINK}p"),
+            format!("link set {UPLINK} up"),
+            format!("route add default dev {UPLINK}"),
+            format!("route add ::/0 dev {UPLINK}"),
         ])
-        .context("node addresses")?;
-        let mut t = Topology { pods: Vec::new(), node, name: name.to_string(), node_dev: node_dev.to_string() };
+        .context("node addresses and default route")?;
+        let mut t = Topology {
+            pods: Vec::new(),
+            node,
+            name: name.to_string(),
+            node_dev: node_dev.to_string(),
+        };
         t.add_pods(pods)?;
         Ok(t)
     }
@@ -116,24 +136,38 @@ impl Topology {
             netns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
             let (ip4, ip6, veth) = (pod_ip4(i), pod_ip6(i), format!("veth{i}"));
             node_cmds.extend([
-                format!("link add {veth} type veth peer name eth0 netns {}", netns.name()),
+                format!(
+                    "link add {veth} type veth peer name eth0 netns {}",
+                    netns.name()
+                ),
                 format!("addr add {GATEWAY4}/32 dev {veth}"),
                 format!("addr add {GATEWAY6}/64 dev {veth} nodad"),
                 format!("link set {veth} up"),
                 format!("route add {ip4}/32 dev {veth} src {NODE_IP4}"),
                 format!("route add {ip6}/128 dev {veth} src {NODE_IP6}"),
             ]);
-            new.push(Pod { netns, name: format!("pod{i}"), ip4, ip6, host_veth: veth });
+            new.push(Pod {
+                netns,
+                name: format!("pod{i}"),
+                ip4,
+                ip6,
+                host_veth: veth,
+            });
         }
         // On failure the new namespaces drop here, taking their veths along.
-        self.node.ip_batch(&node_cmds).context("node side of the pods' veth pairs")?;
+        self.node
+            .ip_batch(&node_cmds)
+            .context("node side of the pods' veth pairs")?;
         for p in &new {
             p.netns
                 .ip_batch(&[
                     "link set eth0 up".to_string(),
                     format!("addr add {}/32 dev eth0", p.ip4),
                     format!("addr add {}/128 dev eth0 nodad", p.ip6),
-                    format!("route add default via {GATEWAY4} dev eth0 onlink src {}", p.ip4),
+                    format!(
+                        "route add default via {GATEWAY4} dev eth0 onlink src {}",
+                        p.ip4
+                    ),
                     format!("route add ::/0 via {GATEWAY6} dev eth0 src {}", p.ip6),
                 ])
                 .with_context(|| format!("setting up {}", p.name))?;
