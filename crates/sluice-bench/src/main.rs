@@ -146,7 +146,7 @@ fn yaml(svcs: &[KpService]) -> String {
 /// Raw new-connection samples (ns) from pod0 to `to`.
 fn samples(topo: &Topology, cg: Option<&TestCgroup>, to: &str, count: usize, warmup: usize) -> anyhow::Result<Vec<u64>> {
     let (count, warm) = (count.to_string(), warmup.to_string());
-    let probe = bin("sluice-probe");
+    let probe = std::env::var_os("SLUICE_BENCH_CLIENT").map(PathBuf::from).unwrap_or_else(|| bin("sluice-probe"));
     // The client on CPU 1, the servers on CPU 0: less scheduling noise.
     let o = run_in(
         Some(&topo.pods()[0].netns),
@@ -159,8 +159,10 @@ fn samples(topo: &Topology, cg: Option<&TestCgroup>, to: &str, count: usize, war
         bail!("latency probe to {to}: {}", String::from_utf8_lossy(&o.stderr));
     }
     let v: Value = serde_json::from_slice(&o.stdout)?;
-    if v["errors"].as_u64() != Some(0) {
-        bail!("latency probe to {to} saw errors");
+    let errors = &v["errors"];
+    let clean = errors.as_u64() == Some(0) || errors.as_object().map(|m| m.is_empty()).unwrap_or(false);
+    if !clean {
+        bail!("latency probe to {to} saw errors: {errors}");
     }
     Ok(v["samples_ns"].as_array().unwrap().iter().filter_map(|x| x.as_u64()).collect())
 }
@@ -312,7 +314,7 @@ fn main() -> anyhow::Result<()> {
     for i in 1..=2 {
         let p = &topo.pods()[i];
         let a = format!("{}:8080", p.ip4);
-        let probe = bin("sluice-probe");
+        let probe = std::env::var_os("SLUICE_BENCH_SERVER").map(PathBuf::from).unwrap_or_else(|| bin("sluice-probe"));
         servers.push(spawn_ready(
             Some(&p.netns),
             None,
