@@ -48,10 +48,6 @@ struct Args {
     /// Endpoint changes to time at the largest N.
     #[arg(long, default_value_t = 20)]
     changes: usize,
-    /// Also measure, at each N, the pieces of the Sluice path apart: each
-    /// backend directly, from outside and from inside the test cgroup.
-    #[arg(long)]
-    diagnose: bool,
     /// Write the results as JSON here.
     #[arg(long, default_value = "bench/services.json")]
     out: PathBuf,
@@ -68,7 +64,11 @@ struct Row {
     n: usize,
     direct: Latency,
     sluice: Latency,
-    /// Median over interleaved rounds of Sluice's p50 / direct p50.
+    /// Direct to the backends from the same client process as Sluice's
+    /// connections, interleaved connection by connection.
+    direct_same_client: Latency,
+    /// Median over rounds of Sluice's p50 / direct p50, both from the same
+    /// client process, interleaved connection by connection.
     sluice_vs_direct_p50: f64,
     iptables: Option<Latency>,
     nft: Option<Latency>,
@@ -143,28 +143,58 @@ fn yaml(svcs: &[KpService]) -> String {
     o
 }
 
-/// Raw new-connection samples (ns) from pod0 to `to`.
-fn samples(topo: &Topology, cg: Option<&TestCgroup>, to: &str, count: usize, warmup: usize) -> anyhow::Result<Vec<u64>> {
+/// The measuring client, run as `sluice-bench __client COUNT WARMUP ADDR...`
+/// inside a pod's namespace: it opens connections to the targets in turn
+/// (A, B, C, A, B, C...), so that whatever disturbs the machine disturbs
+/// every target alike, and prints the samples of each target as JSON.
+fn client_main(args: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::net::{SocketAddr, TcpStream};
+    let count: usize = args[0].parse()?;
+    let warmup: usize = args[1].parse()?;
+    let targets: Vec<SocketAddr> = args[2..].iter().map(|a| a.parse()).collect::<Result<_, _>>()?;
+    let mut out: Vec<Vec<u64>> = vec![Vec::with_capacity(count); targets.len()];
+    for i in 0..warmup + count {
+        for (t, to) in targets.iter().enumerate() {
+            let t0 = Instant::now();
+            let mut s = TcpStream::connect_timeout(to, Duration::from_secs(3)).with_context(|| format!("connect {to}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(b"hi\n")?;
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).with_context(|| format!("read from {to}"))?;
+            if line.is_empty() {
+                bail!("{to} closed the connection");
+            }
+            sluice_testbed::probe::set_linger_zero(&s);
+            drop(s);
+            if i >= warmup {
+                out[t].push(t0.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    println!("{}", serde_json::json!({ "samples_ns": out }));
+    Ok(())
+}
+
+/// Run the client in pod0 (in `cg` if given) against `targets`; the
+/// samples of each target.
+fn client(topo: &Topology, cg: Option<&TestCgroup>, targets: &[&str], count: usize, warmup: usize) -> anyhow::Result<Vec<Vec<u64>>> {
+    let me = std::env::current_exe()?;
     let (count, warm) = (count.to_string(), warmup.to_string());
-    let probe = std::env::var_os("SLUICE_BENCH_CLIENT").map(PathBuf::from).unwrap_or_else(|| bin("sluice-probe"));
+    let mut a = vec!["-c", "1", me.to_str().unwrap(), "__client", count.as_str(), warm.as_str()];
+    a.extend_from_slice(targets);
     // The client on CPU 1, the servers on CPU 0: less scheduling noise.
-    let o = run_in(
-        Some(&topo.pods()[0].netns),
-        cg,
-        Path::new("taskset"),
-        &["-c", "1", probe.to_str().unwrap(), "latency", "--raw", "--to", to, "--count", &count, "--warmup", &warm],
-        Duration::from_secs(600),
-    )?;
+    let o = run_in(Some(&topo.pods()[0].netns), cg, Path::new("taskset"), &a, Duration::from_secs(600))?;
     if !o.status.success() {
-        bail!("latency probe to {to}: {}", String::from_utf8_lossy(&o.stderr));
+        bail!("latency client {targets:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
     let v: Value = serde_json::from_slice(&o.stdout)?;
-    let errors = &v["errors"];
-    let clean = errors.as_u64() == Some(0) || errors.as_object().map(|m| m.is_empty()).unwrap_or(false);
-    if !clean {
-        bail!("latency probe to {to} saw errors: {errors}");
-    }
-    Ok(v["samples_ns"].as_array().unwrap().iter().filter_map(|x| x.as_u64()).collect())
+    Ok(v["samples_ns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_array().unwrap().iter().filter_map(|x| x.as_u64()).collect())
+        .collect())
 }
 
 fn summarize(mut v: Vec<u64>) -> Latency {
@@ -174,37 +204,39 @@ fn summarize(mut v: Vec<u64>) -> Latency {
     }
 }
 
-/// Measure several paths in interleaved rounds, so that drift of the
-/// machine (other load, frequency) falls on all of them alike. Returns each
-/// path's percentiles over all samples and its p50 in each round.
-fn interleaved(topo: &Topology, paths: &[(Option<&TestCgroup>, &str)], total: usize) -> anyhow::Result<Vec<(Latency, Vec<f64>)>> {
-    const ROUNDS: usize = 20;
+/// Samples of one client run's targets, gathered over rounds.
+struct Measured {
+    /// All samples per target.
+    all: Vec<Vec<u64>>,
+    /// Per round, per target, the round's samples.
+    rounds: Vec<Vec<Vec<u64>>>,
+}
+
+/// Several client runs (each: a cgroup or none, and its targets), repeated
+/// in interleaved rounds with the order of the runs alternating.
+fn measure(topo: &Topology, runs: &[(Option<&TestCgroup>, Vec<&str>)], total: usize) -> anyhow::Result<Vec<Measured>> {
+    const ROUNDS: usize = 10;
     let per = (total / ROUNDS).max(1);
-    let mut all: Vec<Vec<u64>> = vec![Vec::new(); paths.len()];
-    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    let mut out: Vec<Measured> = runs
+        .iter()
+        .map(|(_, t)| Measured { all: vec![Vec::new(); t.len()], rounds: Vec::new() })
+        .collect();
     for r in 0..ROUNDS {
-        // Alternate the order, so that no path always goes first.
-        let order: Vec<usize> = if r % 2 == 0 { (0..paths.len()).collect() } else { (0..paths.len()).rev().collect() };
+        let order: Vec<usize> = if r % 2 == 0 { (0..runs.len()).collect() } else { (0..runs.len()).rev().collect() };
         for i in order {
-            let (cg, to) = paths[i];
-            let mut v = samples(topo, cg, to, per, (per / 5).max(5))?;
-            rounds[i].push(percentile(&mut v, 50.0) as f64 / 1000.0);
-            all[i].extend(v);
+            let (cg, targets) = &runs[i];
+            let got = client(topo, *cg, targets, per, (per / 5).max(5))?;
+            for (t, v) in got.iter().enumerate() {
+                out[i].all[t].extend(v);
+            }
+            out[i].rounds.push(got);
         }
     }
-    Ok(all.into_iter().map(summarize).zip(rounds).collect())
+    Ok(out)
 }
 
-/// Two equally sized measurements of equivalent paths as one (the mean of
-/// their percentiles: both backends are equally likely for Sluice).
-fn merge(a: &Latency, b: &Latency) -> Latency {
-    Latency { p50_us: (a.p50_us + b.p50_us) / 2.0, p99_us: (a.p99_us + b.p99_us) / 2.0 }
-}
-
-/// Median over rounds of a/b: the paired estimate of a's cost relative to b.
-fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
-    let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
-    median(&mut r)
+fn median_u64(mut v: Vec<u64>) -> f64 {
+    percentile(&mut v, 50.0) as f64
 }
 
 /// Run `program` inside the node namespace with `input` on stdin; time it.
@@ -303,6 +335,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__client") {
+        return client_main(&argv[2..]);
+    }
     let args = Args::parse();
     let topo = Topology::new("sl-bench", 3)?;
     let cg = TestCgroup::new("sl-bench")?;
@@ -346,32 +382,35 @@ fn main() -> anyhow::Result<()> {
             row.sluice_program_ms = rec / 1000.0;
             settle();
             eprintln!("   sluice     programmed in {:.1} ms (maps), apply {:.0} ms (CLI, parse + store + maps)", row.sluice_program_ms, wall);
-            // Direct connections go to both backends, as Sluice's do.
-            let direct2 = format!("{}:8080", real[1].0);
-            let l = interleaved(
+            // One client alternates, connection by connection, between the
+            // two backends directly and the VIP (inside the test cgroup, so
+            // the hooks run for all three and find a service only for the
+            // VIP); a second client outside the cgroup measures the backends
+            // with no hook at all.
+            let d2 = format!("{}:8080", real[1].0);
+            let m = measure(
                 &topo,
-                &[(None, direct_to.as_str()), (None, direct2.as_str()), (Some(&cg), target.as_str())],
+                &[
+                    (Some(&cg), vec![direct_to.as_str(), d2.as_str(), target.as_str()]),
+                    (None, vec![direct_to.as_str(), d2.as_str()]),
+                ],
                 args.samples,
             )?;
-            if args.diagnose {
-                let d2 = format!("{}:8080", real[1].0);
-                let paths = [
-                    (None, direct_to.as_str()),
-                    (None, d2.as_str()),
-                    (Some(&cg), direct_to.as_str()),
-                    (Some(&cg), d2.as_str()),
-                    (Some(&cg), target.as_str()),
-                ];
-                let names = ["pod1 direct", "pod2 direct", "pod1 in cgroup", "pod2 in cgroup", "VIP in cgroup"];
-                for (name, (l, _)) in names.iter().zip(interleaved(&topo, &paths, args.samples)?) {
-                    eprintln!("   diagnose   {name:<15} p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
-                }
-            }
-            row.direct = merge(&l[0].0, &l[1].0);
-            row.sluice = l[2].0.clone();
-            let direct_rounds: Vec<f64> = l[0].1.iter().zip(&l[1].1).map(|(a, b)| (a + b) / 2.0).collect();
-            row.sluice_vs_direct_p50 = paired_ratio(&l[2].1, &direct_rounds);
-            eprintln!("   direct     p50 {:>8.1} us  p99 {:>8.1} us", row.direct.p50_us, row.direct.p99_us);
+            let union = |m: &Measured| summarize(m.all[0].iter().chain(&m.all[1]).copied().collect());
+            row.direct_same_client = union(&m[0]);
+            row.direct = union(&m[1]);
+            row.sluice = summarize(m[0].all[2].clone());
+            let mut ratios: Vec<f64> = m[0]
+                .rounds
+                .iter()
+                .map(|r| median_u64(r[2].clone()) / median_u64(r[0].iter().chain(&r[1]).copied().collect()))
+                .collect();
+            row.sluice_vs_direct_p50 = median(&mut ratios);
+            eprintln!("   direct     p50 {:>8.1} us  p99 {:>8.1} us  (no hooks)", row.direct.p50_us, row.direct.p99_us);
+            eprintln!(
+                "   direct     p50 {:>8.1} us  p99 {:>8.1} us  (same client as Sluice, hooks run)",
+                row.direct_same_client.p50_us, row.direct_same_client.p99_us
+            );
             eprintln!(
                 "   sluice     p50 {:>8.1} us  p99 {:>8.1} us  (paired per-round p50 ratio to direct: {:.3})",
                 row.sluice.p50_us, row.sluice.p99_us, row.sluice_vs_direct_p50
@@ -400,7 +439,7 @@ fn main() -> anyhow::Result<()> {
             let ms = timed_stdin(&topo, "iptables-restore", &[], &rules)?;
             row.iptables_restore_ms = Some(ms);
             settle();
-            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0).0;
+            let l = summarize(measure(&topo, &[(None, vec![target.as_str()])], args.samples)?.remove(0).all.remove(0));
             eprintln!("   iptables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
             row.iptables = Some(l);
             timed_stdin(&topo, "iptables-restore", &[], kubeproxy::IPTABLES_FLUSH)?;
@@ -411,7 +450,7 @@ fn main() -> anyhow::Result<()> {
             let ms = timed_stdin(&topo, "nft", &["-f", "-"], &rules)?;
             row.nft_load_ms = Some(ms);
             settle();
-            let l = interleaved(&topo, &[(None, target.as_str())], args.samples)?.remove(0).0;
+            let l = summarize(measure(&topo, &[(None, vec![target.as_str()])], args.samples)?.remove(0).all.remove(0));
             eprintln!("   nftables   loaded in {ms:.0} ms; p50 {:>8.1} us  p99 {:>8.1} us", l.p50_us, l.p99_us);
             row.nft = Some(l);
             timed_stdin(&topo, "nft", &["-f", "-"], kubeproxy::NFT_FLUSH)?;
@@ -452,13 +491,14 @@ fn ratio(a: Option<f64>, b: f64) -> String {
 /// Print the tables (Markdown, so they can go into the README as they are).
 fn report(rows: &[Row]) {
     println!("\n### New-connection latency (connect + one request/response + close), microseconds\n");
-    println!("| services | direct p50 | Sluice p50 | iptables p50 | nftables p50 | direct p99 | Sluice p99 | iptables p99 | nftables p99 | Sluice/direct p50 (paired) | iptables/Sluice p50 | nftables/Sluice p50 |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| services | direct p50 (no hooks) | direct p50 (same client) | Sluice p50 | iptables p50 | nftables p50 | direct p99 | Sluice p99 | iptables p99 | nftables p99 | Sluice / direct p50 (same client, per round) | iptables / Sluice p50 | nftables / Sluice p50 |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} | {:.3} | {} | {} |",
+            "| {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} | {:.3} | {} | {} |",
             r.n,
             r.direct.p50_us,
+            r.direct_same_client.p50_us,
             r.sluice.p50_us,
             opt(r.iptables.as_ref().map(|l| l.p50_us), ""),
             opt(r.nft.as_ref().map(|l| l.p50_us), ""),
