@@ -43,9 +43,13 @@ pub struct Core<M: LbMaps> {
     maps: M,
 }
 
+/// An object's state before a change: its applied bytes and typed form,
+/// or `None` if it did not exist.
+type Previous = Option<(Vec<u8>, Object)>;
+
 /// What an apply changed in the catalog, to roll it back.
 struct Undo {
-    previous: Vec<(ObjectRef, Option<(Vec<u8>, Object)>)>,
+    previous: Vec<(ObjectRef, Previous)>,
 }
 
 impl<M: LbMaps> Core<M> {

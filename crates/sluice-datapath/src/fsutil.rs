@@ -24,7 +24,7 @@ pub fn cgroup2_root() -> Result<PathBuf, DatapathError> {
 }
 
 pub fn is_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(p).map(|s| s.filesystem_type().0 == BPF_FS_MAGIC).unwrap_or(false)
 }
 
 /// Make sure `pin_dir` lives on a bpffs: mount one at its nearest existing

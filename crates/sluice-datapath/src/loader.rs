@@ -87,7 +87,13 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
     let mut open = SockSkelBuilder::default()
         .open(&mut storage)
         .map_err(DatapathError::bpf("opening the BPF object"))?;
-    open.maps.rodata_data.as_deref_mut().map(|r| r.sl_host_netns_cookie = host_cookie);
+    // Without it, NodePorts at 127.0.0.1 would silently stop working.
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| DatapathError::Other("the BPF object has no .rodata section for its load-time settings".into()))?;
+    rodata.sl_host_netns_cookie = host_cookie;
 
     let mut adopted_maps = Vec::new();
     for mut m in open.open_object_mut().maps_mut() {

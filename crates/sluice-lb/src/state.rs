@@ -251,7 +251,7 @@ impl LbState {
                 ops.push(MapOp::UpsertService(mk, mv));
             }
         }
-        for (k, _) in &dump.services {
+        for k in dump.services.keys() {
             let live = self.frontends.get(&k.frontend).map(|f| k.slot as usize <= f.slots.len()).unwrap_or(false);
             if !live {
                 ops.push(MapOp::DeleteService(*k));
@@ -421,7 +421,7 @@ impl LbState {
                 backends: f.slots.iter().map(|b| (*b, self.backend_keys[b])).collect(),
             })
             .collect();
-        v.sort_by(|a, b| a.frontend.cmp(&b.frontend));
+        v.sort_by_key(|f| f.frontend);
         v
     }
 
