@@ -6,6 +6,7 @@
 //! store and the maps.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -32,7 +33,47 @@ pub enum CoreError {
     Other(String),
 }
 
+/// An IPv4 range cluster IPs are allocated from (`--service-cidr`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceCidr {
+    pub network: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for ServiceCidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR such as 10.96.0.0/16"))?;
+        let network: std::net::Ipv4Addr = a.parse().map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p.parse().map_err(|_| format!("{p:?} is not a prefix length"))?;
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("prefix /{prefix} is out of range (8 to 30)"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        if u32::from(network) & !mask != 0 {
+            return Err(format!("{s} has host bits set (did you mean {}/{prefix}?)", std::net::Ipv4Addr::from(u32::from(network) & mask)));
+        }
+        Ok(ServiceCidr { network, prefix })
+    }
+}
+
+impl std::fmt::Display for ServiceCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl ServiceCidr {
+    /// Usable addresses in order: the network and broadcast addresses excluded.
+    fn hosts(&self) -> impl Iterator<Item = std::net::Ipv4Addr> {
+        let base = u32::from(self.network);
+        let size = 1u32 << (32 - self.prefix);
+        (1..size - 1).map(move |i| std::net::Ipv4Addr::from(base + i))
+    }
+}
+
 pub struct Core<M: LbMaps> {
+    service_cidr: Option<ServiceCidr>,
     store: Store,
     catalog: Catalog,
     /// Each object as applied, serialised (compact JSON): what `get` shows
@@ -93,7 +134,12 @@ impl<M: LbMaps> Core<M> {
         let repair = lb.repair_ops(&maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?);
         maps.apply(&repair).map_err(|e| CoreError::Maps(e.to_string()))?;
         let writes = ops.len() + repair.len();
-        Ok((Core { store, catalog, raw, lb, maps }, writes, warnings))
+        Ok((Core { service_cidr: None, store, catalog, raw, lb, maps }, writes, warnings))
+    }
+
+    /// Allocate cluster IPs for Services that give none from `cidr`.
+    pub fn set_service_cidr(&mut self, cidr: Option<ServiceCidr>) {
+        self.service_cidr = cidr;
     }
 
     pub fn maps(&self) -> &M {
@@ -143,6 +189,7 @@ impl<M: LbMaps> Core<M> {
             return Err(CoreError::Invalid(errors));
         }
         let t_parse = t0.elapsed();
+        self.allocate_cluster_ips(&mut batch)?;
         self.allocate_node_ports(&mut batch)?;
 
         // Tentatively apply to the catalog; validate every touched service.
@@ -338,6 +385,82 @@ impl<M: LbMaps> Core<M> {
         } else {
             Err(errors)
         }
+    }
+
+    /// Give Services without a cluster IP the lowest free address of the
+    /// service CIDR, keeping the one a previous version of the object had.
+    fn allocate_cluster_ips(&self, batch: &mut [Manifest]) -> Result<(), CoreError> {
+        let needs = |m: &Manifest| matches!(&m.object, Object::Service(s) if s.needs_cluster_ip());
+        if !batch.iter().any(needs) {
+            return Ok(());
+        }
+        let Some(cidr) = self.service_cidr else {
+            let errors = batch
+                .iter()
+                .filter(|m| needs(m))
+                .map(|m| {
+                    ManifestError::new(
+                        &m.origin,
+                        m.object_ref.to_string(),
+                        "spec.clusterIP",
+                        "is not set, and the agent has no --service-cidr to allocate one from",
+                    )
+                })
+                .collect();
+            return Err(CoreError::Invalid(errors));
+        };
+        let name_of = |r: &ObjectRef| format!("{}/{}", r.namespace, r.name);
+        let replaced: BTreeSet<String> =
+            batch.iter().filter(|m| m.object_ref.kind == Kind::Service).map(|m| name_of(&m.object_ref)).collect();
+        let mut used: BTreeSet<IpAddr> = BTreeSet::new();
+        for (name, svc) in self.catalog.services() {
+            if !replaced.contains(name) {
+                used.extend(svc.cluster_ips());
+            }
+        }
+        for m in batch.iter() {
+            if let Object::Service(s) = &m.object {
+                used.extend(s.cluster_ips());
+            }
+        }
+        // A re-applied Service keeps the address it was given, unless the
+        // batch hands that address to another Service explicitly.
+        let mut keep: HashMap<ObjectRef, IpAddr> = HashMap::new();
+        for m in batch.iter().filter(|m| needs(m)) {
+            let prev = self.catalog.service(&name_of(&m.object_ref)).and_then(|p| p.cluster_ips().into_iter().next());
+            if let Some(ip) = prev.filter(|ip| !used.contains(ip)) {
+                keep.insert(m.object_ref.clone(), ip);
+            }
+        }
+        used.extend(keep.values().copied());
+        let mut free = cidr.hosts().filter(|a| !used.contains(&IpAddr::V4(*a)));
+        for m in batch.iter_mut() {
+            let Object::Service(svc) = &mut m.object else { continue };
+            if !svc.needs_cluster_ip() {
+                continue;
+            }
+            let ip = match keep.get(&m.object_ref) {
+                Some(ip) => *ip,
+                None => match free.next() {
+                    Some(a) => IpAddr::V4(a),
+                    None => {
+                        return Err(CoreError::Invalid(vec![ManifestError::new(
+                            &m.origin,
+                            m.object_ref.to_string(),
+                            "spec.clusterIP",
+                            format!("no free address left in the service CIDR {cidr}"),
+                        )]))
+                    }
+                },
+            };
+            svc.spec.cluster_ip = Some(ip.to_string());
+            if let Some(spec) = m.raw.pointer_mut("/spec").and_then(Value::as_object_mut) {
+                spec.insert("clusterIP".into(), Value::from(ip.to_string()));
+            } else if let Some(obj) = m.raw.as_object_mut() {
+                obj.insert("spec".into(), serde_json::json!({ "clusterIP": ip.to_string() }));
+            }
+        }
+        Ok(())
     }
 
     /// Give NodePort and LoadBalancer ports without a nodePort one from the

@@ -26,6 +26,8 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     pub api_socket: PathBuf,
     pub node_addr_refresh: Duration,
+    /// Where cluster IPs are allocated from for Services that give none.
+    pub service_cidr: Option<crate::core::ServiceCidr>,
 }
 
 struct Shared {
@@ -52,7 +54,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         info!(program = %l.program, state = %l.state, "link");
     }
     let maps = KernelMaps::open(&cfg.pin_dir)?;
-    let (core, writes, warnings) = Core::new(store, maps).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut core, writes, warnings) = Core::new(store, maps).map_err(|e| anyhow::anyhow!("{e}"))?;
+    core.set_service_cidr(cfg.service_cidr);
     for w in warnings {
         warn!("{w}");
     }

@@ -173,3 +173,35 @@ fn a_restarted_agent_adopts_the_maps_and_writes_nothing() {
     assert!(writes > 0);
     assert_eq!(c.lb_dump().unwrap().services.len(), before.services.len());
 }
+
+#[test]
+fn cluster_ips_are_allocated_kept_and_exhaustion_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    let svc = |name: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80}}]\n");
+    // Without a service CIDR, a Service must name its cluster IP.
+    let es = invalid(c.apply(docs("a.yaml", &svc("a")), false));
+    assert_eq!(es[0].field, "spec.clusterIP");
+    c.set_service_cidr(Some("198.19.250.0/30".parse().unwrap()));
+    c.apply(docs("a.yaml", &svc("a")), false).unwrap();
+    let ip = |c: &Core<MemMaps>, n: usize| c.get(Kind::Service)[n].pointer("/spec/clusterIP").cloned();
+    assert_eq!(ip(&c, 0), Some(Value::from("198.19.250.1")));
+    // Re-applied without one, it keeps its address; the next gets the next.
+    c.apply(docs("a.yaml", &svc("a")), false).unwrap();
+    c.apply(docs("b.yaml", &svc("b")), false).unwrap();
+    assert_eq!(ip(&c, 0), Some(Value::from("198.19.250.1")));
+    assert_eq!(ip(&c, 1), Some(Value::from("198.19.250.2")));
+    // A /30 has two usable addresses.
+    let es = invalid(c.apply(docs("c.yaml", &svc("c")), false));
+    assert!(es[0].message.contains("no free address left in the service CIDR 198.19.250.0/30"), "{}", es[0].message);
+    assert_eq!(c.services().unwrap().len(), 2);
+}
+
+#[test]
+fn service_cidrs_are_checked() {
+    use sluice_agent::core::ServiceCidr;
+    assert!("10.96.0.0/12".parse::<ServiceCidr>().is_ok());
+    assert!("10.96.0.1/12".parse::<ServiceCidr>().unwrap_err().contains("host bits"));
+    assert!("10.96.0.0".parse::<ServiceCidr>().is_err());
+    assert!("10.96.0.0/31".parse::<ServiceCidr>().is_err());
+}

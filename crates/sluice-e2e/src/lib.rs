@@ -115,6 +115,9 @@ impl Env {
             self.socket.to_str().unwrap(),
             "--node-addr-refresh",
             "0.2",
+            // Allocated cluster IPs stay in the test range too.
+            "--service-cidr",
+            "198.19.128.0/17",
         ];
         let child = sluice_testbed::proc::spawn_in_logged(Some(self.topo.node()), None, &sluice, &args, log)?;
         self.agent = Some(child);

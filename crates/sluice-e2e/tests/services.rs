@@ -167,6 +167,25 @@ fn client_ip_affinity_expires_after_timeout_seconds() {
 }
 
 #[test]
+fn a_service_without_cluster_ip_gets_one_and_works() {
+    let env = three_backends("allocate");
+    let ips = pod_ips(&env, false);
+    env.apply(
+        "web.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  ports: [{{name: p, port: 80, targetPort: 8080}}]\n{}",
+            slice("web-v4", "web", "IPv4", 8080, "TCP", &ips)
+        ),
+    );
+    let got: serde_json::Value = serde_json::from_str(&env.ok(&["get", "services", "-o", "json"])).unwrap();
+    let vip = got["items"][0]["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert_eq!(vip, "198.19.128.1", "{got}");
+    let v = env.probe(env.pod_ns(0), &["connect", "--to", &format!("{vip}:80"), "--count", "5"]).unwrap();
+    assert!(errors(&v).is_empty(), "{v}");
+    assert_eq!(set(peers(&v)), set(vec![format!("{vip}:80")]));
+}
+
+#[test]
 fn removing_a_backend_stops_new_connections_to_it() {
     let env = three_backends("remove");
     env.apply("web.yaml", &web(&env, ""));

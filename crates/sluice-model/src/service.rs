@@ -201,6 +201,12 @@ impl Service {
         Some(t)
     }
 
+    /// A service that needs a cluster IP allocated: none given, not
+    /// headless, not ExternalName.
+    pub fn needs_cluster_ip(&self) -> bool {
+        self.spec.type_ != ServiceType::ExternalName && self.spec.cluster_ip.is_none() && self.spec.cluster_ips.is_empty()
+    }
+
     pub fn has_node_ports(&self) -> bool {
         matches!(self.spec.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
@@ -227,9 +233,6 @@ impl Service {
                 if a != b {
                     c.err("spec.clusterIPs[0]", format!("{b:?} must equal spec.clusterIP {a:?}"));
                 }
-            }
-            if s.cluster_ip.is_none() && s.cluster_ips.is_empty() {
-                c.err("spec.clusterIP", "is required: the standalone agent does not allocate cluster IPs yet");
             }
             if !headless && s.ports.is_empty() {
                 c.err("spec.ports", "a service needs at least one port");

@@ -74,6 +74,10 @@ struct AgentArgs {
     /// How often the node's addresses (NodePort targets) are re-read, in seconds.
     #[arg(long, default_value_t = 2.0)]
     node_addr_refresh: f64,
+    /// IPv4 range cluster IPs are allocated from for Services that give
+    /// none (`none` to require spec.clusterIP).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: String,
     /// Log filter (tracing syntax), e.g. `info` or `sluice_agent=debug`.
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
@@ -231,7 +235,12 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
     if !(0.1..=3600.0).contains(&a.node_addr_refresh) {
         bail!("--node-addr-refresh must be between 0.1 and 3600 seconds");
     }
+    let service_cidr = match a.service_cidr.as_str() {
+        "none" => None,
+        s => Some(s.parse::<sluice_agent::core::ServiceCidr>().map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?),
+    };
     let cfg = sluice_agent::AgentConfig {
+        service_cidr,
         state_dir: a.state_dir,
         cgroup: a.cgroup,
         pin_dir: a.bpffs,
