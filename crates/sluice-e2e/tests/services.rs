@@ -55,6 +55,10 @@ fn tcp_connections_spread_over_backends_and_getpeername_reports_the_vip() {
         assert_eq!(seen, all, "{vip}: 40 connections should reach all three backends");
         assert_eq!(set(peers(&v)), set(vec![peer.to_string()]), "getpeername must report the VIP");
     }
+    // The API socket is root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&env.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "API socket mode {mode:o}");
     // `service list` reads the frontends back from the maps.
     let list = env.ok(&["service", "list", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_str(&list).unwrap();
