@@ -17,10 +17,16 @@ pub mod encode;
 pub mod fsutil;
 pub mod lbmaps;
 pub mod loader;
+pub mod sockterm;
 
 #[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
 pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/sock.skel.rs"));
+}
+
+#[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
+pub mod skel_term {
+    include!(concat!(env!("OUT_DIR"), "/sock_term.skel.rs"));
 }
 
 pub use lbmaps::{KernelMaps, Metric};

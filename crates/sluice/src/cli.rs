@@ -58,6 +58,34 @@ enum Cmd {
     /// Manage the loaded datapath.
     #[command(subcommand)]
     Datapath(DatapathCmd),
+    /// Find and end sockets, in every network namespace.
+    #[command(subcommand)]
+    Socket(SocketCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SocketCmd {
+    /// Destroy the TCP and connected UDP sockets connected to a destination,
+    /// with BPF socket iterators and bpf_sock_destroy (Linux 6.5+). TCP
+    /// clients see ECONNABORTED; a connected UDP socket fails its next call.
+    /// Listening and unconnected sockets are never touched.
+    Kill(SocketKillArgs),
+}
+
+#[derive(Args, Debug)]
+struct SocketKillArgs {
+    /// Destination address, with or without a port: 10.0.0.5, 10.0.0.5:80, [fd00::5]:53, fd00::5.
+    #[arg(long)]
+    dst: String,
+    /// List the sockets that would be destroyed, and destroy none.
+    #[arg(long)]
+    dry_run: bool,
+    /// Only these network namespaces (a path such as /run/netns/NAME or
+    /// /proc/PID/ns/net); repeatable [default: every namespace on the host].
+    #[arg(long)]
+    netns: Vec<PathBuf>,
+    #[command(flatten)]
+    out: OutArgs,
 }
 
 #[derive(Args, Debug)]
@@ -214,6 +242,7 @@ pub fn main() -> anyhow::Result<i32> {
         Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List(b))) => bpf_lb_list(&b),
         Cmd::Bpf(BpfCmd::Metrics(b)) => bpf_metrics(&b),
         Cmd::Status(o) => status(&sock, o.output),
+        Cmd::Socket(SocketCmd::Kill(k)) => socket_kill(k),
         Cmd::Datapath(DatapathCmd::Uninstall { bpffs }) => {
             let removed = sluice_datapath::uninstall(&bpffs)?;
             if removed.is_empty() {
@@ -500,4 +529,59 @@ fn status(sock: &Path, out: Format) -> anyhow::Result<i32> {
         println!("  {n:<24} {v}");
     }
     Ok(if s.datapath_loaded { 0 } else { 2 })
+}
+
+/// `ADDR`, `ADDR:PORT`, `[V6]:PORT` or a bare IPv6 address.
+fn parse_dst(s: &str) -> anyhow::Result<(std::net::IpAddr, Option<u16>)> {
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        if sa.port() == 0 {
+            bail!("--dst {s}: port 0 is not a port (leave the port out to match any)");
+        }
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        return Ok((ip, None));
+    }
+    bail!("--dst {s:?}: expected an address, optionally with a port (10.0.0.5, 10.0.0.5:80, [fd00::5]:53)")
+}
+
+fn socket_kill(k: SocketKillArgs) -> anyhow::Result<i32> {
+    let (dst, port) = parse_dst(&k.dst)?;
+    let namespaces = if k.netns.is_empty() { sluice_datapath::sockterm::all_namespaces() } else { k.netns.clone() };
+    for ns in &namespaces {
+        if !ns.exists() {
+            bail!("--netns {}: no such namespace file", ns.display());
+        }
+    }
+    let filter = sluice_datapath::sockterm::TermFilter { dst, port, dry_run: k.dry_run };
+    let records = sluice_datapath::sockterm::terminate(&filter, &namespaces)?;
+    if k.out.output != Format::Text {
+        json(&serde_json::json!({ "dry_run": k.dry_run, "namespaces": namespaces.len(), "sockets": records }));
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let result = if k.dry_run {
+                "would destroy".to_string()
+            } else if r.destroyed {
+                "destroyed".to_string()
+            } else {
+                format!("failed ({})", std::io::Error::from_raw_os_error(-r.err))
+            };
+            vec![r.netns.clone(), r.proto.as_str().to_string(), r.src.to_string(), r.dst.to_string(), result]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(&["NETNS", "PROTO", "SOURCE", "DESTINATION", "RESULT"], &rows);
+    }
+    let failed = records.iter().filter(|r| !k.dry_run && !r.destroyed).count();
+    println!(
+        "{} socket(s) {} in {} namespace(s) searched{}",
+        records.len(),
+        if k.dry_run { "match (dry run: none destroyed)" } else { "matched" },
+        namespaces.len(),
+        if failed > 0 { format!("; {failed} could not be destroyed") } else { String::new() }
+    );
+    Ok(if failed > 0 { 1 } else { 0 })
 }

@@ -1,0 +1,162 @@
+//! Socket termination on demand: destroy the TCP and connected UDP sockets
+//! connected to a destination, in every network namespace given.
+//!
+//! Kernel requirements: TCP and UDP socket iterators (5.9+) and the
+//! `bpf_sock_destroy` kfunc (6.5+).
+//!
+//! Cost: an iterator walks the socket tables of one network namespace, so a
+//! call costs one walk per namespace: O(namespaces x sockets per namespace).
+
+use std::io::Read;
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Iter, Link, OpenObject};
+use serde::{Deserialize, Serialize};
+use sluice_lb::Protocol;
+
+use crate::encode::Pod;
+use crate::skel_term::types::{sl_addr, sl_term_filter, sl_term_record};
+use crate::skel_term::SockTermSkelBuilder;
+use crate::DatapathError;
+
+// SAFETY: generated from BTF of a struct with explicit padding only.
+unsafe impl Pod for sl_term_record {}
+
+/// This object's own copy of `union sl_addr` (each skeleton generates one).
+fn to_c(a: IpAddr) -> sl_addr {
+    let b = match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    sl_addr { b }
+}
+
+fn from_c(a: &sl_addr) -> IpAddr {
+    // SAFETY: both union members are plain bytes of the same size.
+    let v6 = std::net::Ipv6Addr::from(unsafe { a.b });
+    v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+}
+
+/// Which sockets to end.
+#[derive(Debug, Clone)]
+pub struct TermFilter {
+    pub dst: IpAddr,
+    /// `None`: any port of `dst`.
+    pub port: Option<u16>,
+    /// Report the sockets without destroying them.
+    pub dry_run: bool,
+}
+
+/// One socket that matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermRecord {
+    pub netns: String,
+    pub proto: Protocol,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Kernel TCP state number (1 = established).
+    pub state: u8,
+    pub destroyed: bool,
+    /// `bpf_sock_destroy()`'s result (negative errno), 0 when not called.
+    pub err: i32,
+}
+
+/// Every network namespace on the machine that has a process in it or a
+/// name under /run/netns, deduplicated; the caller's own first.
+pub fn all_namespaces() -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut consider = |p: PathBuf| {
+        if let Ok(m) = std::fs::metadata(&p) {
+            if seen.insert((m.dev(), m.ino())) {
+                out.push(p);
+            }
+        }
+    };
+    consider(PathBuf::from("/proc/self/ns/net"));
+    if let Ok(rd) = std::fs::read_dir("/run/netns") {
+        let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        names.sort();
+        names.into_iter().for_each(&mut consider);
+    }
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                consider(e.path().join("ns/net"));
+            }
+        }
+    }
+    out
+}
+
+/// Destroy (or, in a dry run, list) the sockets matching `filter` in each
+/// namespace of `namespaces` (paths to namespace files).
+pub fn terminate(filter: &TermFilter, namespaces: &[PathBuf]) -> Result<Vec<TermRecord>, DatapathError> {
+    let mut storage = Box::new(MaybeUninit::<OpenObject>::uninit());
+    let mut open = SockTermSkelBuilder::default()
+        .open(&mut storage)
+        .map_err(DatapathError::bpf("opening the socket-termination object"))?;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| DatapathError::Other("the socket-termination object has no .rodata".into()))?;
+    rodata.sl_term_filter = sl_term_filter {
+        dst: to_c(filter.dst),
+        dport: filter.port.unwrap_or(0).to_be(),
+        dry_run: filter.dry_run as u8,
+        pad: 0,
+        pad2: 0,
+    };
+    let skel = open.load().map_err(DatapathError::bpf("loading the socket iterators"))?;
+    let tcp = skel.progs.sl_term_tcp.attach().map_err(DatapathError::bpf("attaching the TCP iterator"))?;
+    let udp = skel.progs.sl_term_udp.attach().map_err(DatapathError::bpf("attaching the UDP iterator"))?;
+
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let name = ns.display().to_string();
+        // The iterator walks the namespace of the thread that opens it.
+        let bytes = std::thread::scope(|s| {
+            s.spawn(|| -> Result<Vec<u8>, DatapathError> {
+                enter_netns(ns)?;
+                let mut buf = Vec::new();
+                for link in [&tcp, &udp] {
+                    read_iter(link, &mut buf)?;
+                }
+                Ok(buf)
+            })
+            .join()
+            .map_err(|_| DatapathError::Other("socket iterator thread panicked".into()))?
+        })?;
+        let size = std::mem::size_of::<sl_term_record>();
+        for chunk in bytes.chunks_exact(size) {
+            let r = sl_term_record::from_bytes(chunk).expect("sized chunk");
+            out.push(TermRecord {
+                netns: name.clone(),
+                proto: Protocol::from_number(r.proto).unwrap_or(Protocol::TCP),
+                src: SocketAddr::new(from_c(&r.src), r.sport),
+                dst: SocketAddr::new(from_c(&r.dst), u16::from_be(r.dport)),
+                state: r.state,
+                destroyed: r.destroyed != 0,
+                err: r.err,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn enter_netns(ns: &Path) -> Result<(), DatapathError> {
+    let f = std::fs::File::open(ns).map_err(DatapathError::io(format!("opening {}", ns.display())))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| DatapathError::Other(format!("entering {}: {e}", ns.display())))
+}
+
+fn read_iter(link: &Link, buf: &mut Vec<u8>) -> Result<(), DatapathError> {
+    let mut it = Iter::new(link).map_err(DatapathError::bpf("creating a socket iterator"))?;
+    it.read_to_end(buf).map_err(DatapathError::io("reading a socket iterator"))?;
+    Ok(())
+}
