@@ -54,6 +54,31 @@ static __always_inline void sl_sock_write_dst(struct bpf_sock_addr *ctx, bool v6
  * Translate the destination of connect() or sendmsg() if it names a service.
  * Returns SYS_PROCEED, or SYS_REJECT with the errno set for the caller.
  */
+/*
+ * At connect: remember which frontend the socket went through, or forget
+ * an earlier one when a UDP socket is connected elsewhere.
+ */
+static __always_inline void sl_sock_remember(struct bpf_sock_addr *ctx, __u32 rev_nat_id,
+					     __u32 backend_id)
+{
+	struct sl_sock_lb *st;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	if (!rev_nat_id) {
+		bpf_sk_storage_delete(&sl_sock_lb_v1, sk);
+		return;
+	}
+	st = bpf_sk_storage_get(&sl_sock_lb_v1, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		sl_count(SL_M_SOCK_STORAGE_FULL);
+		return;
+	}
+	st->rev_nat_id = rev_nat_id;
+	st->backend_id = backend_id;
+}
+
 static __always_inline int sl_sock_xlate(struct bpf_sock_addr *ctx, bool v6,
 					 enum sl_metric done)
 {
@@ -75,8 +100,12 @@ static __always_inline int sl_sock_xlate(struct bpf_sock_addr *ctx, bool v6,
 
 	netns = bpf_get_netns_cookie(ctx);
 	master = sl_lb_lookup_frontend(&key, netns);
-	if (!master)
+	if (!master) {
+		/* A UDP socket may be re-connected away from a service. */
+		if (done == SL_M_TRANSLATED_CONNECT && key.proto == IPPROTO_UDP_)
+			sl_sock_remember(ctx, 0, 0);
 		return SYS_PROCEED;
+	}
 
 	err = sl_lb_select_backend(&key, master, netns, &be, &be_id);
 	if (err) {
@@ -94,6 +123,8 @@ static __always_inline int sl_sock_xlate(struct bpf_sock_addr *ctx, bool v6,
 
 	sl_lb_record_sock_revnat(bpf_get_socket_cookie(ctx), &be, &vip, vport,
 				 master->rev_nat_id);
+	if (done == SL_M_TRANSLATED_CONNECT)
+		sl_sock_remember(ctx, master->rev_nat_id, be_id);
 	sl_sock_write_dst(ctx, v6, &be.addr, be.port);
 	sl_count(done);
 	return SYS_PROCEED;

@@ -11,6 +11,7 @@
  */
 #include "include/common.h"
 #include "include/sockterm.h"
+#include "include/socklb.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -22,6 +23,13 @@ extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
 #define TCP_NEW_SYN_RECV_	12
 
 const volatile struct sl_term_filter sl_term_filter = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct sl_term_doomed_key);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+} sl_term_doomed SEC(".maps");
 
 /* Nothing reads this in the kernel: it puts the record layout into the
  * object's BTF, from which the Rust type is generated. */
@@ -45,7 +53,7 @@ static __always_inline void sl_term_read(struct sock_common *skc, union sl_addr 
 	}
 }
 
-static __always_inline bool sl_term_match(const union sl_addr *dst, __be16 dport)
+static __always_inline bool sl_term_match_dst(const union sl_addr *dst, __be16 dport)
 {
 	const volatile struct sl_term_filter *f = &sl_term_filter;
 
@@ -56,16 +64,30 @@ static __always_inline bool sl_term_match(const union sl_addr *dst, __be16 dport
 }
 
 static __always_inline int sl_term_one(struct seq_file *seq, struct sock_common *skc,
-				       __u8 proto)
+				       struct sock *sk, __u8 proto)
 {
 	struct sl_term_record r = {};
+	struct sl_sock_lb *st;
 
 	if (skc->skc_family != AF_INET && skc->skc_family != AF_INET6)
 		return 0;
 	sl_term_read(skc, &r.src, &r.dst);
 	r.dport = skc->skc_dport;
-	if (!sl_term_match(&r.dst, r.dport))
+	st = bpf_sk_storage_get(&sl_sock_lb_v1, sk, 0, 0);
+	if (st)
+		r.rev_nat_id = st->rev_nat_id;
+	if (sl_term_filter.mode == SL_TERM_BY_SERVICE) {
+		struct sl_term_doomed_key k = {
+			.rev_nat_id = r.rev_nat_id,
+			.port = r.dport,
+			.addr = r.dst,
+		};
+
+		if (!st || !bpf_map_lookup_elem(&sl_term_doomed, &k))
+			return 0;
+	} else if (!sl_term_match_dst(&r.dst, r.dport)) {
 		return 0;
+	}
 	r.sport = skc->skc_num;
 	r.proto = proto;
 	r.state = skc->skc_state;
@@ -81,13 +103,17 @@ SEC("iter/tcp")
 int sl_term_tcp(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
 
 	if (!skc)
 		return 0;
 	if (skc->skc_state == TCP_LISTEN_ || skc->skc_state == TCP_TIME_WAIT_ ||
 	    skc->skc_state == TCP_NEW_SYN_RECV_)
 		return 0;
-	return sl_term_one(ctx->meta->seq, skc, IPPROTO_TCP_);
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	return sl_term_one(ctx->meta->seq, skc, (struct sock *)tp, IPPROTO_TCP_);
 }
 
 SEC("iter/udp")
@@ -102,5 +128,5 @@ int sl_term_udp(struct bpf_iter__udp *ctx)
 	/* Only connected sockets have a destination to match. */
 	if (skc->skc_state != TCP_ESTABLISHED_)
 		return 0;
-	return sl_term_one(ctx->meta->seq, skc, IPPROTO_UDP_);
+	return sl_term_one(ctx->meta->seq, skc, &udp->inet.sk, IPPROTO_UDP_);
 }

@@ -161,6 +161,8 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } sl_lb_affm_v1 SEC(".maps");
 
+#include "socklb.h"
+
 /* Addresses of this node: a NodePort is reachable at each of them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -18,6 +18,7 @@ enum sl_metric {
 	SL_M_AFFINITY_HIT = 6,		/* ClientIP affinity reused a backend */
 	SL_M_REVNAT_MAP_FULL = 7,	/* could not record socket reverse NAT */
 	SL_M_FAMILY_MISMATCH = 8,	/* IPv6 backend for an IPv4 socket */
+	SL_M_SOCK_STORAGE_FULL = 9,	/* could not record a socket's service */
 	SL_M_MAX = 16,
 };
 

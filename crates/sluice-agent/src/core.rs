@@ -137,6 +137,17 @@ impl<M: LbMaps> Core<M> {
         Ok((Core { service_cidr: None, store, catalog, raw, lb, maps }, writes, warnings))
     }
 
+    /// Backends that left their services since the last call, whose
+    /// sockets are to be ended: (service, frontend id, backend). Services
+    /// annotated `sluice.io/terminate-sockets: "false"` are left out.
+    pub fn take_doomed(&mut self) -> Vec<(String, u32, sluice_lb::BackendKey)> {
+        let doomed = self.lb.take_doomed();
+        doomed
+            .into_iter()
+            .filter(|(svc, _, _)| self.catalog.service(svc).map(|s| s.terminates_sockets()).unwrap_or(true))
+            .collect()
+    }
+
     /// Allocate cluster IPs for Services that give none from `cidr`.
     pub fn set_service_cidr(&mut self, cidr: Option<ServiceCidr>) {
         self.service_cidr = cidr;

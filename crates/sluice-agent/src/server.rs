@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use sluice_api::{LinkView, Request, Response, Status};
+use sluice_api::{LinkView, Request, Response, SocketEvent, Status};
+use sluice_datapath::sockterm::{all_namespaces, terminate, TermFilter, TermTarget};
 use sluice_datapath::{loader, DatapathConfig, KernelMaps};
 use sluice_store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +36,19 @@ struct Shared {
     cfg: AgentConfig,
     cgroup: PathBuf,
     started: Instant,
+    sockets: Mutex<SocketLog>,
 }
+
+/// Sockets ended because their backend left a service: counters and the
+/// most recent events.
+#[derive(Default)]
+struct SocketLog {
+    destroyed: u64,
+    failed: u64,
+    events: std::collections::VecDeque<SocketEvent>,
+}
+
+const SOCKET_EVENTS_KEPT: usize = 1000;
 
 /// Run the agent until a signal arrives.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -71,7 +84,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         "agent ready on {}",
         cfg.api_socket.display()
     );
-    let shared = Arc::new(Shared { core: Mutex::new(core), cfg: cfg.clone(), cgroup, started: Instant::now() });
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        cfg: cfg.clone(),
+        cgroup,
+        started: Instant::now(),
+        sockets: Mutex::new(SocketLog::default()),
+    });
     refresh_node_addrs(&shared);
 
     let refresher = {
@@ -143,7 +162,7 @@ async fn serve(mut stream: UnixStream, shared: Arc<Shared>) -> anyhow::Result<()
     let resp = match serde_json::from_slice::<Request>(&buf) {
         Ok(req) => {
             let shared = shared.clone();
-            tokio::task::spawn_blocking(move || handle(&shared, req)).await?
+            tokio::task::spawn_blocking(move || handle(shared, req)).await?
         }
         Err(e) => Response::Error { message: format!("malformed request: {e}"), invalid: vec![] },
     };
@@ -163,9 +182,83 @@ fn error(e: CoreError) -> Response {
     }
 }
 
-fn handle(shared: &Shared, req: Request) -> Response {
+/// End, in a thread of their own, the sockets of backends that left.
+fn terminate_doomed(shared: Arc<Shared>, doomed: Vec<(String, u32, sluice_lb::BackendKey)>) {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let filter = TermFilter {
+            target: TermTarget::Backends(doomed.iter().map(|(_, id, b)| (*id, *b)).collect()),
+            dry_run: false,
+            pin_dir: Some(shared.cfg.pin_dir.clone()),
+        };
+        let namespaces = all_namespaces();
+        match terminate(&filter, &namespaces) {
+            Ok(records) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let mut log = shared.sockets.lock().unwrap();
+                for r in &records {
+                    let (service, backend) = doomed
+                        .iter()
+                        .find(|(_, id, b)| *id == r.frontend_id && b.addr == r.dst.ip() && b.port == r.dst.port())
+                        .map(|(s, _, b)| (s.clone(), *b))
+                        .unwrap_or_else(|| {
+                            let b = sluice_lb::BackendKey { addr: r.dst.ip(), port: r.dst.port(), proto: r.proto };
+                            (String::new(), b)
+                        });
+                    if r.destroyed {
+                        log.destroyed += 1;
+                    } else {
+                        log.failed += 1;
+                    }
+                    log.events.push_back(SocketEvent {
+                        time: now,
+                        service,
+                        frontend_id: r.frontend_id,
+                        backend,
+                        netns: r.netns.clone(),
+                        proto: r.proto.as_str().to_string(),
+                        src: r.src.to_string(),
+                        dst: r.dst.to_string(),
+                        destroyed: r.destroyed,
+                        error: (!r.destroyed).then(|| std::io::Error::from_raw_os_error(-r.err).to_string()),
+                    });
+                    if log.events.len() > SOCKET_EVENTS_KEPT {
+                        log.events.pop_front();
+                    }
+                }
+                info!(
+                    backends = doomed.len(),
+                    sockets = records.len(),
+                    namespaces = namespaces.len(),
+                    ms = t0.elapsed().as_millis() as u64,
+                    "ended the sockets of backends that left their services"
+                );
+            }
+            Err(e) => warn!("ending sockets of removed backends: {e}"),
+        }
+    });
+}
+
+fn handle(shared: Arc<Shared>, req: Request) -> Response {
+    let resp = handle_locked(&shared, req);
+    let doomed = shared.core.lock().unwrap().take_doomed();
+    if !doomed.is_empty() {
+        terminate_doomed(shared, doomed);
+    }
+    resp
+}
+
+fn handle_locked(shared: &Shared, req: Request) -> Response {
     let mut core = shared.core.lock().unwrap();
     match req {
+        Request::SocketEvents => {
+            let log = shared.sockets.lock().unwrap();
+            Response::SocketEvents {
+                destroyed_total: log.destroyed,
+                failed_total: log.failed,
+                events: log.events.iter().cloned().collect(),
+            }
+        }
         Request::Apply { documents, dry_run } => match core.apply(documents, dry_run) {
             Ok(r) => {
                 info!(objects = r.results.len(), map_writes = r.map_writes, us = r.apply_us, dry_run, "applied");

@@ -41,6 +41,23 @@ pub enum Request {
     Services,
     LbDump,
     Status,
+    SocketEvents,
+}
+
+/// One socket ended because its backend left a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SocketEvent {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    pub service: String,
+    pub frontend_id: u32,
+    pub backend: BackendKey,
+    pub netns: String,
+    pub proto: String,
+    pub src: String,
+    pub dst: String,
+    pub destroyed: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +123,7 @@ pub enum Response {
     Services { items: Vec<ServiceView> },
     LbDump { dump: LbDump, text: String },
     Status(Status),
+    SocketEvents { destroyed_total: u64, failed_total: u64, events: Vec<SocketEvent> },
     /// Nothing was changed. `invalid` lists manifest errors (file, object,
     /// field); `message` is for anything else.
     Error { message: String, invalid: Vec<ManifestError> },

@@ -26,6 +26,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "affinity_hit",
     "revnat_map_full",
     "reject_family_mismatch",
+    "sock_storage_full",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

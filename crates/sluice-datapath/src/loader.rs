@@ -23,6 +23,7 @@ pub const MAPS: &[&str] = &[
     "sl_lb_affm_v1",
     "sl_node_addr_v1",
     "sl_metrics_v1",
+    "sl_sock_lb_v1",
 ];
 
 /// Programs and the link pin each is attached through.

@@ -18,12 +18,15 @@ use serde::{Deserialize, Serialize};
 use sluice_lb::Protocol;
 
 use crate::encode::Pod;
-use crate::skel_term::types::{sl_addr, sl_term_filter, sl_term_record};
+use crate::skel_term::types::{sl_addr, sl_term_doomed_key, sl_term_filter, sl_term_record};
+use libbpf_rs::MapCore;
+use sluice_lb::BackendKey;
 use crate::skel_term::SockTermSkelBuilder;
 use crate::DatapathError;
 
-// SAFETY: generated from BTF of a struct with explicit padding only.
+// SAFETY: generated from BTF of structs with explicit padding only.
 unsafe impl Pod for sl_term_record {}
+unsafe impl Pod for sl_term_doomed_key {}
 
 /// This object's own copy of `union sl_addr` (each skeleton generates one).
 fn to_c(a: IpAddr) -> sl_addr {
@@ -42,12 +45,22 @@ fn from_c(a: &sl_addr) -> IpAddr {
 
 /// Which sockets to end.
 #[derive(Debug, Clone)]
+pub enum TermTarget {
+    /// Every TCP and connected UDP socket connected to `dst` (any port when `None`).
+    Dst { dst: IpAddr, port: Option<u16> },
+    /// Sockets that went through frontend `.0` (by its id) to backend `.1`,
+    /// as recorded at connect in the socket's storage.
+    Backends(Vec<(u32, BackendKey)>),
+}
+
+#[derive(Debug, Clone)]
 pub struct TermFilter {
-    pub dst: IpAddr,
-    /// `None`: any port of `dst`.
-    pub port: Option<u16>,
+    pub target: TermTarget,
     /// Report the sockets without destroying them.
     pub dry_run: bool,
+    /// Pin directory of the datapath, whose socket records to read
+    /// (required for `TermTarget::Backends`).
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// One socket that matched.
@@ -62,6 +75,8 @@ pub struct TermRecord {
     pub destroyed: bool,
     /// `bpf_sock_destroy()`'s result (negative errno), 0 when not called.
     pub err: i32,
+    /// The frontend id the socket went through, 0 if it went to `dst` directly.
+    pub frontend_id: u32,
 }
 
 /// Every network namespace on the machine that has a process in it or a
@@ -105,14 +120,33 @@ pub fn terminate(filter: &TermFilter, namespaces: &[PathBuf]) -> Result<Vec<Term
         .rodata_data
         .as_deref_mut()
         .ok_or_else(|| DatapathError::Other("the socket-termination object has no .rodata".into()))?;
-    rodata.sl_term_filter = sl_term_filter {
-        dst: to_c(filter.dst),
-        dport: filter.port.unwrap_or(0).to_be(),
-        dry_run: filter.dry_run as u8,
-        pad: 0,
-        pad2: 0,
+    let (dst, port, mode) = match &filter.target {
+        TermTarget::Dst { dst, port } => (*dst, port.unwrap_or(0), 0),
+        TermTarget::Backends(_) => (IpAddr::from([0u8; 16]), 0, 1),
     };
+    rodata.sl_term_filter = sl_term_filter { dst: to_c(dst), dport: port.to_be(), dry_run: filter.dry_run as u8, mode, pad2: 0 };
+    // The socket records live in the datapath's pinned map.
+    if let Some(pin_dir) = &filter.pin_dir {
+        let pin = crate::loader::map_pin(pin_dir, "sl_sock_lb_v1");
+        if pin.exists() {
+            open.maps
+                .sl_sock_lb_v1
+                .reuse_pinned_map(&pin)
+                .map_err(DatapathError::bpf(format!("reusing {}", pin.display())))?;
+        } else if mode == 1 {
+            return Err(DatapathError::Other(format!("{} is missing: is the datapath installed?", pin.display())));
+        }
+    }
     let skel = open.load().map_err(DatapathError::bpf("loading the socket iterators"))?;
+    if let TermTarget::Backends(list) = &filter.target {
+        for (id, b) in list {
+            let k = sl_term_doomed_key { rev_nat_id: *id, port: b.port.to_be(), pad: 0, addr: to_c(b.addr) };
+            skel.maps
+                .sl_term_doomed
+                .update(k.as_bytes(), &1u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+                .map_err(DatapathError::bpf("filling the doomed-backend map"))?;
+        }
+    }
     let tcp = skel.progs.sl_term_tcp.attach().map_err(DatapathError::bpf("attaching the TCP iterator"))?;
     let udp = skel.progs.sl_term_udp.attach().map_err(DatapathError::bpf("attaching the UDP iterator"))?;
 
@@ -143,6 +177,7 @@ pub fn terminate(filter: &TermFilter, namespaces: &[PathBuf]) -> Result<Vec<Term
                 state: r.state,
                 destroyed: r.destroyed != 0,
                 err: r.err,
+                frontend_id: r.rev_nat_id,
             });
         }
     }

@@ -53,7 +53,7 @@ pub fn resolve_service(
             if vips.is_empty() && ext.is_empty() && lbs.is_empty() {
                 continue;
             }
-            let backends = match backends_for(svc, &svc_ref, pi, v6, slices) {
+            let (backends, serving) = match backends_for(svc, &svc_ref, pi, v6, slices) {
                 Ok(b) => b,
                 Err(e) => {
                     errors.push(e);
@@ -68,6 +68,7 @@ pub fn resolve_service(
                     affinity_timeout: timeout,
                     port_name: port.name().to_string(),
                     backends: backends.clone(),
+                    serving: serving.clone(),
                 })
             };
             for a in vips {
@@ -109,7 +110,7 @@ fn backends_for(
     port_index: usize,
     v6: bool,
     slices: &[(&ObjectRef, &EndpointSlice)],
-) -> Result<Vec<BackendKey>, ResolveError> {
+) -> Result<(Vec<BackendKey>, Vec<BackendKey>), ResolveError> {
     let port = &svc.spec.ports[port_index];
     let mut ready = BTreeSet::new();
     let mut draining = BTreeSet::new();
@@ -158,8 +159,9 @@ fn backends_for(
             ),
         });
     }
+    let serving: Vec<BackendKey> = ready.union(&draining).copied().collect();
     let chosen = if ready.is_empty() { draining } else { ready };
-    Ok(chosen.into_iter().collect())
+    Ok((chosen.into_iter().collect(), serving))
 }
 
 /// The port number endpoints of `slice` serve `port` on, if they serve it.

@@ -27,6 +27,8 @@ struct Frontend {
     /// `None` for a frontend found in pinned maps that no service has claimed yet.
     owner: Option<ServiceName>,
     port_name: String,
+    /// Backends whose sockets may stay (see `DesiredFrontend::serving`).
+    serving: BTreeSet<BackendKey>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +71,9 @@ pub struct LbState {
     backend_keys: HashMap<u32, BackendKey>,
     frontend_ids: Ids,
     backend_ids: Ids,
+    /// Backends that left a frontend since the last `take_doomed`, whose
+    /// sockets are to be ended: (service, frontend id, backend).
+    doomed: Vec<(ServiceName, u32, BackendKey)>,
 }
 
 /// A frontend as read back: for `service list`.
@@ -110,6 +115,7 @@ impl LbState {
                         slots: Vec::new(),
                         owner: None,
                         port_name: String::new(),
+                        serving: BTreeSet::new(),
                     },
                 );
                 st.frontend_ids.take(v.rev_nat_id);
@@ -289,6 +295,7 @@ impl LbState {
                     slots: Vec::new(),
                     owner: None,
                     port_name: String::new(),
+                    serving: BTreeSet::new(),
                 },
             );
             ops.early.push(MapOp::UpsertRevNat(id, d.key));
@@ -336,6 +343,10 @@ impl LbState {
                 ops.mid.push(MapOp::UpsertAffinityMatch { backend_id: *b, rev_nat_id: id });
             }
         }
+        let serving: BTreeSet<BackendKey> = d.serving.iter().chain(&d.backends).copied().collect();
+        for b in old.serving.difference(&serving) {
+            self.doomed.push((service.to_string(), id, *b));
+        }
         let fe = Frontend {
             id,
             flags: d.flags,
@@ -343,6 +354,7 @@ impl LbState {
             slots: slots.clone(),
             owner: Some(service.to_string()),
             port_name: d.port_name.clone(),
+            serving,
         };
         if is_new || master_val(&fe) != master_val(&old) || old.slots.len() != slots.len() {
             ops.master.push(MapOp::UpsertService(SvcKey { frontend: d.key, slot: 0 }, master_val(&fe)));
@@ -364,6 +376,11 @@ impl LbState {
 
     fn delete_frontend(&mut self, key: &FrontendKey, ops: &mut Ops) {
         let Some(fe) = self.frontends.remove(key) else { return };
+        let slot_backends: Vec<BackendKey> = fe.slots.iter().filter_map(|b| self.backend_keys.get(b).copied()).collect();
+        let owner = fe.owner.clone().unwrap_or_default();
+        for b in fe.serving.iter().copied().chain(slot_backends).collect::<BTreeSet<_>>() {
+            self.doomed.push((owner.clone(), fe.id, b));
+        }
         // Master first: from then on the frontend is gone for new lookups.
         ops.master.push(MapOp::DeleteService(SvcKey { frontend: *key, slot: 0 }));
         for (i, b) in fe.slots.iter().enumerate() {
@@ -399,6 +416,12 @@ impl LbState {
             self.backend_ids.release(id);
             ops.last.push(MapOp::DeleteBackend(id));
         }
+    }
+
+    /// Backends that left their frontends since the last call: their
+    /// sockets are to be ended.
+    pub fn take_doomed(&mut self) -> Vec<(ServiceName, u32, BackendKey)> {
+        std::mem::take(&mut self.doomed)
     }
 
     /// Number of frontends and backends.

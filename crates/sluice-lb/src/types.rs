@@ -126,4 +126,8 @@ pub struct DesiredFrontend {
     pub port_name: String,
     /// Active backends in a stable order.
     pub backends: Vec<BackendKey>,
+    /// Backends whose established sockets may stay: every serving
+    /// endpoint, active or not (a terminating endpoint still drains). A
+    /// backend that leaves this set has its sockets ended.
+    pub serving: Vec<BackendKey>,
 }

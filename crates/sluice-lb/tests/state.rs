@@ -22,6 +22,7 @@ fn desired(vip: u8, backends: &[u8]) -> DesiredFrontend {
         affinity_timeout: 0,
         port_name: String::new(),
         backends: backends.iter().map(|b| be(*b, 8080)).collect(),
+        serving: backends.iter().map(|b| be(*b, 8080)).collect(),
     }
 }
 
@@ -256,4 +257,26 @@ fn batched_changes_across_services_keep_the_maps_consistent() {
         let ops = st.set_services(batch.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
         apply(&mut maps, &ops);
     }
+}
+
+#[test]
+fn backends_that_stop_serving_are_doomed_and_draining_ones_are_not() {
+    let mut st = LbState::new();
+    st.set_service("a/web", &[desired(1, &[10, 11, 12])]);
+    assert!(st.take_doomed().is_empty());
+    // 12 terminates but still serves: out of the slots, sockets kept.
+    let mut d = desired(1, &[10, 11]);
+    d.serving.push(be(12, 8080));
+    st.set_service("a/web", &[d]);
+    assert!(st.take_doomed().is_empty());
+    // 11 is removed and 12 stops serving: both doomed, with the frontend id.
+    st.set_service("a/web", &[desired(1, &[10])]);
+    let doomed: Vec<BackendKey> = st.take_doomed().into_iter().map(|(s, id, b)| {
+        assert_eq!((s.as_str(), id), ("a/web", 1));
+        b
+    }).collect();
+    assert_eq!(doomed, vec![be(11, 8080), be(12, 8080)]);
+    // Deleting the service dooms what is left.
+    st.remove_service("a/web");
+    assert_eq!(st.take_doomed().len(), 1);
 }

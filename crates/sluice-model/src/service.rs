@@ -152,6 +152,9 @@ impl ServicePort {
     }
 }
 
+/// Annotation that turns socket termination off for a service: `"false"`.
+pub const TERMINATE_SOCKETS_ANNOTATION: &str = "sluice.io/terminate-sockets";
+
 /// Default timeout of ClientIP session affinity (Kubernetes: 3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -207,12 +210,25 @@ impl Service {
         self.spec.type_ != ServiceType::ExternalName && self.spec.cluster_ip.is_none() && self.spec.cluster_ips.is_empty()
     }
 
+    /// Whether sockets to a backend that leaves this service are ended.
+    pub fn terminates_sockets(&self) -> bool {
+        self.metadata.annotations.get(TERMINATE_SOCKETS_ANNOTATION).map(|v| v != "false").unwrap_or(true)
+    }
+
     pub fn has_node_ports(&self) -> bool {
         matches!(self.spec.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
 
     pub(crate) fn check(&self, c: &mut Checker<'_>) {
         self.metadata.check(c);
+        if let Some(v) = self.metadata.annotations.get(TERMINATE_SOCKETS_ANNOTATION) {
+            if v != "true" && v != "false" {
+                c.err(
+                    format!("metadata.annotations[{TERMINATE_SOCKETS_ANNOTATION:?}]"),
+                    format!("{v:?} is not \"true\" or \"false\""),
+                );
+            }
+        }
         let s = &self.spec;
         let headless = s.cluster_ip.as_deref() == Some("None");
         if s.type_ != ServiceType::ExternalName {

@@ -70,6 +70,9 @@ enum SocketCmd {
     /// clients see ECONNABORTED; a connected UDP socket fails its next call.
     /// Listening and unconnected sockets are never touched.
     Kill(SocketKillArgs),
+    /// Sockets the agent ended because their backend left a service (the
+    /// most recent 1,000), with totals.
+    Events(OutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +87,9 @@ struct SocketKillArgs {
     /// /proc/PID/ns/net); repeatable [default: every namespace on the host].
     #[arg(long)]
     netns: Vec<PathBuf>,
+    /// Pin directory of the datapath, to show which service each socket went through.
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    bpffs: PathBuf,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -243,6 +249,7 @@ pub fn main() -> anyhow::Result<i32> {
         Cmd::Bpf(BpfCmd::Metrics(b)) => bpf_metrics(&b),
         Cmd::Status(o) => status(&sock, o.output),
         Cmd::Socket(SocketCmd::Kill(k)) => socket_kill(k),
+        Cmd::Socket(SocketCmd::Events(o)) => socket_events(&sock, o.output),
         Cmd::Datapath(DatapathCmd::Uninstall { bpffs }) => {
             let removed = sluice_datapath::uninstall(&bpffs)?;
             if removed.is_empty() {
@@ -553,7 +560,11 @@ fn socket_kill(k: SocketKillArgs) -> anyhow::Result<i32> {
             bail!("--netns {}: no such namespace file", ns.display());
         }
     }
-    let filter = sluice_datapath::sockterm::TermFilter { dst, port, dry_run: k.dry_run };
+    let filter = sluice_datapath::sockterm::TermFilter {
+        target: sluice_datapath::sockterm::TermTarget::Dst { dst, port },
+        dry_run: k.dry_run,
+        pin_dir: Some(k.bpffs.clone()),
+    };
     let records = sluice_datapath::sockterm::terminate(&filter, &namespaces)?;
     if k.out.output != Format::Text {
         json(&serde_json::json!({ "dry_run": k.dry_run, "namespaces": namespaces.len(), "sockets": records }));
@@ -584,4 +595,32 @@ fn socket_kill(k: SocketKillArgs) -> anyhow::Result<i32> {
         if failed > 0 { format!("; {failed} could not be destroyed") } else { String::new() }
     );
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn socket_events(sock: &Path, out: Format) -> anyhow::Result<i32> {
+    let resp = request(sock, &Request::SocketEvents)?;
+    let Response::SocketEvents { destroyed_total, failed_total, events } = &resp else { return Ok(fail(&resp, out)) };
+    if out != Format::Text {
+        json(&resp);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.time.to_string(),
+                if e.service.is_empty() { "-".into() } else { e.service.clone() },
+                e.backend.to_string(),
+                e.netns.clone(),
+                e.proto.clone(),
+                e.src.clone(),
+                if e.destroyed { "destroyed".into() } else { format!("failed: {}", e.error.clone().unwrap_or_default()) },
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(&["TIME", "SERVICE", "BACKEND", "NETNS", "PROTO", "SOURCE", "RESULT"], &rows);
+    }
+    println!("{destroyed_total} socket(s) destroyed, {failed_total} failed, since the agent started");
+    Ok(0)
 }
