@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The services benchmark: Sluice against a direct connection and kube-proxy's
-# iptables and nftables rules, side by side in one run, in throwaway
-# namespaces. Prints Markdown tables with ratios and writes bench/services.json.
-# Extra arguments go to sluice-bench (try --help), e.g. --sizes 1,1000.
+# Benchmarks, each side by side with the alternative in one run, in
+# throwaway namespaces; Markdown tables with ratios on stdout, JSON in bench/.
+#   scripts/bench.sh [services] [ARGS]   Sluice vs direct vs kube-proxy iptables/nftables
+#   scripts/bench.sh sockets [ARGS]      socket termination: Sluice vs ss -K per namespace
+# ARGS go to sluice-bench (try: scripts/bench.sh services --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 [ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
 cargo build --release --locked --bins 2>&1 | tail -n 1
-exec target/release/sluice-bench "$@"
+case "${1:-}" in
+    services|sockets) exec target/release/sluice-bench "$@" ;;
+    *) exec target/release/sluice-bench services "$@" ;;
+esac

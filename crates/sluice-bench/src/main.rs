@@ -28,8 +28,18 @@ use sluice_testbed::proc::{run_in, spawn_in_logged, spawn_ready, Spawned};
 use sluice_testbed::stats::percentile;
 use sluice_testbed::topo::Topology;
 
+mod sockets;
+
 #[derive(Parser, Debug)]
-#[command(about = "Sluice service benchmark: Sluice vs direct vs kube-proxy iptables/nftables")]
+#[command(about = "Sluice benchmarks, each side by side with the alternative in one run")]
+enum Bench {
+    /// Service latency and programming time: Sluice vs a direct connection vs kube-proxy iptables/nftables.
+    Services(Args),
+    /// Socket termination: Sluice vs `ss -K` in each namespace.
+    Sockets(sockets::SocketArgs),
+}
+
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Numbers of services to measure at.
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
@@ -336,10 +346,15 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("__client") {
-        return client_main(&argv[2..]);
+    match argv.get(1).map(String::as_str) {
+        Some("__client") => return client_main(&argv[2..]),
+        Some("__hold") => return sockets::hold_main(&argv[2..]),
+        _ => {}
     }
-    let args = Args::parse();
+    let args = match Bench::parse() {
+        Bench::Services(a) => a,
+        Bench::Sockets(a) => return sockets::run(a),
+    };
     let topo = Topology::new("sl-bench", 3)?;
     let cg = TestCgroup::new("sl-bench")?;
     let dir = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
