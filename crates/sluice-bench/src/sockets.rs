@@ -140,10 +140,6 @@ pub fn run(args: SocketArgs) -> anyhow::Result<()> {
     // Sluice: the backend leaves the service; wait for the last socket.
     let hs = holders(&topo, &cg, n, per, &b_addr)?;
     eprintln!("   {} sockets open ({} through the service)", 2 * n * per, n * per);
-    if std::env::var_os("SLUICE_BENCH_DEBUG").is_some() {
-        let o = Command::new(bin("sluice")).args(["socket", "kill", "--dry-run", "--dst", &a_addr, "--bpffs", pins.to_str().unwrap(), "-o", "json"]).output()?;
-        eprintln!("{}", String::from_utf8_lossy(&o.stdout));
-    }
     let t0 = Instant::now();
     sluice(&socket, &["apply", "-f", without_a.to_str().unwrap()])?;
     let (destroyed, failed) = loop {
