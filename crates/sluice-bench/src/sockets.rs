@@ -6,14 +6,14 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::Value;
 use sluice_testbed::cgroup::TestCgroup;
-use sluice_testbed::proc::{spawn_in_logged, spawn_ready_timeout, Spawned};
+use sluice_testbed::proc::{spawn_ready_timeout, Spawned};
 use sluice_testbed::topo::Topology;
 
 #[derive(clap::Args, Debug)]
@@ -54,16 +54,6 @@ fn bin(name: &str) -> PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().join(name)
 }
 
-fn sluice(socket: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let mut a = vec!["--api-socket", socket.to_str().unwrap()];
-    a.extend_from_slice(args);
-    let o = Command::new(bin("sluice")).args(&a).output()?;
-    if !o.status.success() {
-        bail!("sluice {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).to_string())
-}
-
 fn service(endpoint: Option<&str>) -> String {
     let eps = endpoint.map(|e| format!("endpoints:\n- addresses: [{e}]\n")).unwrap_or_else(|| "endpoints: []\n".into());
     format!(
@@ -96,8 +86,7 @@ pub fn run(args: SocketArgs) -> anyhow::Result<()> {
     let cg = TestCgroup::new("sl-sockbench")?;
     let dir = std::env::temp_dir().join(format!("sluice-sockbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let pins = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}-sockets", std::process::id()));
-    let _cleanup = Cleanup { dir: dir.clone(), pins: pins.clone() };
+    let _cleanup = Cleanup { dir: dir.clone() };
     let (a, b) = (&topo.pods()[n], &topo.pods()[n + 1]);
     let (a_addr, b_addr) = (format!("{}:8080", a.ip4), format!("{}:8080", b.ip4));
     let probe = bin("sluice-probe");
@@ -105,52 +94,28 @@ pub fn run(args: SocketArgs) -> anyhow::Result<()> {
         spawn_ready_timeout(Some(&a.netns), None, &probe, &["serve", "--name", "a", "--tcp", &a_addr], Duration::from_secs(10))?,
         spawn_ready_timeout(Some(&b.netns), None, &probe, &["serve", "--name", "b", "--tcp", &b_addr], Duration::from_secs(10))?,
     ];
-    let socket = dir.join("agent.sock");
-    let log = std::fs::File::create(dir.join("agent.log"))?;
-    let _agent = spawn_in_logged(
-        Some(topo.node()),
-        None,
-        &bin("sluice"),
-        &[
-            "agent",
-            "--state-dir",
-            dir.join("state").to_str().unwrap(),
-            "--cgroup",
-            cg.path().to_str().unwrap(),
-            "--bpffs",
-            pins.to_str().unwrap(),
-            "--api-socket",
-            socket.to_str().unwrap(),
-        ],
-        log,
-    )?;
-    let t0 = Instant::now();
-    while sluice(&socket, &["status"]).is_err() {
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!("agent did not start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let agent = crate::Agent::start(&topo, &cg, &dir, "sockets")?;
+    let sluice = |args: &[&str]| agent.cli(args);
     let with_a = dir.join("with-a.yaml");
     let without_a = dir.join("without-a.yaml");
     std::fs::write(&with_a, service(Some(&a.ip4.to_string())))?;
     std::fs::write(&without_a, service(None))?;
-    sluice(&socket, &["apply", "-f", with_a.to_str().unwrap()])?;
+    sluice(&["apply", "-f", with_a.to_str().unwrap()])?;
 
     // Sluice: the backend leaves the service; wait for the last socket.
     let hs = holders(&topo, &cg, n, per, &b_addr)?;
     eprintln!("   {} sockets open ({} through the service)", 2 * n * per, n * per);
     let t0 = Instant::now();
-    sluice(&socket, &["apply", "-f", without_a.to_str().unwrap()])?;
+    sluice(&["apply", "-f", without_a.to_str().unwrap()])?;
     let (destroyed, failed) = loop {
-        let v: Value = serde_json::from_str(&sluice(&socket, &["socket", "events", "-o", "json"])?)?;
+        let v: Value = serde_json::from_str(&sluice(&["socket", "events", "-o", "json"])?)?;
         let d = v["destroyed_total"].as_u64().unwrap_or(0);
         let f = v["failed_total"].as_u64().unwrap_or(0);
         if d + f >= (n * per) as u64 {
             break (d, f);
         }
         if t0.elapsed() > Duration::from_secs(120) {
-            let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(dir.join("agent-sockets.log")).unwrap_or_default();
             bail!("only {d} of {} sockets destroyed after 120 s; agent log:\n{log}", n * per);
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -160,7 +125,7 @@ pub fn run(args: SocketArgs) -> anyhow::Result<()> {
     drop(hs);
 
     // ss -K: the same sockets, ended by destination, one namespace at a time.
-    sluice(&socket, &["apply", "-f", with_a.to_str().unwrap()])?;
+    sluice(&["apply", "-f", with_a.to_str().unwrap()])?;
     let hs = holders(&topo, &cg, n, per, &b_addr)?;
     let t0 = Instant::now();
     for i in 0..n {
@@ -202,12 +167,10 @@ pub fn run(args: SocketArgs) -> anyhow::Result<()> {
 
 struct Cleanup {
     dir: PathBuf,
-    pins: PathBuf,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let _ = Command::new(bin("sluice")).args(["datapath", "uninstall", "--bpffs", self.pins.to_str().unwrap()]).output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
