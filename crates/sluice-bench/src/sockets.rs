@@ -7,6 +7,8 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+
+use crate::bin;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -48,10 +50,6 @@ pub fn hold_main(args: &[String]) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(3600));
         let _ = &held;
     }
-}
-
-fn bin(name: &str) -> PathBuf {
-    std::env::current_exe().unwrap().parent().unwrap().join(name)
 }
 
 fn service(endpoint: Option<&str>) -> String {

@@ -40,22 +40,31 @@ unsafe impl Pod for sl_affinity_match_key {}
 unsafe impl Pod for u32 {}
 unsafe impl Pod for u64 {}
 
-pub fn addr_to_c(a: IpAddr) -> sl_addr {
-    let b = match a {
+/// The 16 bytes of `union sl_addr`: IPv4 as an IPv4-mapped IPv6 address.
+/// Each skeleton generates its own copy of the union; all of them are
+/// built from and read into these bytes.
+pub fn addr_octets(a: IpAddr) -> [u8; 16] {
+    match a {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
-    };
-    sl_addr { b }
+    }
 }
 
-pub fn addr_from_c(a: &sl_addr) -> IpAddr {
-    // SAFETY: both union members are plain bytes of the same size.
-    let b = unsafe { a.b };
+pub fn addr_from_octets(b: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(b);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
     }
+}
+
+pub fn addr_to_c(a: IpAddr) -> sl_addr {
+    sl_addr { b: addr_octets(a) }
+}
+
+pub fn addr_from_c(a: &sl_addr) -> IpAddr {
+    // SAFETY: both union members are plain bytes of the same size.
+    addr_from_octets(unsafe { a.b })
 }
 
 fn proto_from(n: u8) -> Protocol {

@@ -17,7 +17,7 @@ use libbpf_rs::{Iter, Link, OpenObject};
 use serde::{Deserialize, Serialize};
 use sluice_lb::Protocol;
 
-use crate::encode::Pod;
+use crate::encode::{addr_from_octets, addr_octets, Pod};
 use crate::skel_term::types::{sl_addr, sl_term_doomed_key, sl_term_filter, sl_term_record};
 use libbpf_rs::MapCore;
 use sluice_lb::BackendKey;
@@ -30,17 +30,12 @@ unsafe impl Pod for sl_term_doomed_key {}
 
 /// This object's own copy of `union sl_addr` (each skeleton generates one).
 fn to_c(a: IpAddr) -> sl_addr {
-    let b = match a {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    sl_addr { b }
+    sl_addr { b: addr_octets(a) }
 }
 
 fn from_c(a: &sl_addr) -> IpAddr {
     // SAFETY: both union members are plain bytes of the same size.
-    let v6 = std::net::Ipv6Addr::from(unsafe { a.b });
-    v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+    addr_from_octets(unsafe { a.b })
 }
 
 /// Which sockets to end.
