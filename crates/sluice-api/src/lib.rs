@@ -42,6 +42,141 @@ pub enum Request {
     LbDump,
     Status,
     SocketEvents,
+    /// CNI ADD: allocate addresses, create and configure the pod's device,
+    /// attach the pod datapath, register the endpoint. Idempotent for the
+    /// same attachment (container id + ifname).
+    CniAdd(CniAdd),
+    /// CNI DEL: undo ADD. Succeeds for whatever is already gone.
+    CniDel(CniDel),
+    /// CNI CHECK: is the pod's device, address and routes as ADD left them?
+    CniCheck(CniCheck),
+    /// CNI GC: release everything of `network` whose attachment is not in `valid`.
+    CniGc(CniGc),
+    /// CNI STATUS: is the agent ready to ADD (datapath attached, addresses left)?
+    CniStatus,
+    /// Every endpoint (pod) the agent knows.
+    Endpoints,
+}
+
+/// A pod's interface as the runtime names it: CNI_CONTAINERID + CNI_IFNAME.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl std::fmt::Display for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.container_id, self.ifname)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniAdd {
+    pub attachment: Attachment,
+    /// CNI_NETNS: path of the pod's network namespace.
+    pub netns: String,
+    /// The network configuration's `name`.
+    pub network: String,
+    /// K8S_POD_NAME / K8S_POD_NAMESPACE from CNI_ARGS, when given.
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    /// MTU of both ends of the veth pair (the configuration's `mtu`).
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniDel {
+    pub attachment: Attachment,
+    /// May be empty: the runtime may have removed the namespace already.
+    pub netns: String,
+    pub network: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniCheck {
+    pub attachment: Attachment,
+    pub netns: String,
+    pub network: String,
+    /// The result ADD returned (the configuration's `prevResult`).
+    pub prev_result: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CniGc {
+    pub network: String,
+    /// `cni.dev/valid-attachments`: everything else is released.
+    pub valid: Vec<Attachment>,
+}
+
+/// What ADD created, for the plugin to turn into a CNI result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CniAddResult {
+    /// Host side of the veth pair (in the agent's namespace).
+    pub host_ifname: String,
+    pub host_mac: String,
+    /// Pod side (CNI_IFNAME) in `sandbox` (CNI_NETNS).
+    pub pod_ifname: String,
+    pub pod_mac: String,
+    pub sandbox: String,
+    pub mtu: u32,
+    pub ips: Vec<CniIp>,
+    pub routes: Vec<CniRoute>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CniIp {
+    /// CIDR notation: `10.244.0.5/32`.
+    pub address: String,
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CniRoute {
+    /// CIDR notation.
+    pub dst: String,
+    pub gw: Option<String>,
+    /// Route scope (253 = link), as in CNI 1.1's route `scope`.
+    pub scope: Option<u8>,
+}
+
+/// Error codes of the CNI specification (1.1.0), and Sluice's own (100+).
+pub mod cni_code {
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const CONTAINER_UNKNOWN: u32 = 3;
+    pub const INVALID_ENV: u32 = 4;
+    pub const IO_FAILURE: u32 = 5;
+    pub const DECODE_FAILURE: u32 = 6;
+    pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    pub const PLUGIN_NOT_AVAILABLE: u32 = 50;
+    pub const NOT_AVAILABLE_LIMITED: u32 = 51;
+    /// The pod's address pool has no free address.
+    pub const POOL_EXHAUSTED: u32 = 100;
+    /// CHECK found the pod's device, address or routes changed.
+    pub const CHECK_FAILED: u32 = 101;
+    /// The agent failed to set the pod up (netlink, datapath).
+    pub const SETUP_FAILED: u32 = 102;
+}
+
+/// One endpoint (a pod's interface) as the agent knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EndpointView {
+    /// Small number, unique on this node, also in the datapath's endpoint map.
+    pub id: u32,
+    pub attachment: Attachment,
+    pub network: String,
+    pub netns: String,
+    pub pod_name: Option<String>,
+    pub pod_namespace: Option<String>,
+    /// From the applied v1 Pod of the same namespace/name (standalone mode).
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub ips: Vec<String>,
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    /// `ready`, or `creating` for an ADD that has not finished.
+    pub state: String,
 }
 
 /// One socket ended because its backend left a service.
@@ -124,6 +259,12 @@ pub enum Response {
     LbDump { dump: LbDump, text: String },
     Status(Status),
     SocketEvents { destroyed_total: u64, failed_total: u64, events: Vec<SocketEvent> },
+    CniAdded(CniAddResult),
+    /// DEL, CHECK, GC or STATUS succeeded; `message` says what was done.
+    CniDone { message: String },
+    /// A CNI operation failed: `code` is the CNI error code ([`cni_code`]).
+    CniError { code: u32, msg: String, details: String },
+    Endpoints { items: Vec<EndpointView> },
     /// Nothing was changed. `invalid` lists manifest errors (file, object,
     /// field); `message` is for anything else.
     Error { message: String, invalid: Vec<ManifestError> },

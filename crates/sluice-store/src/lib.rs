@@ -13,6 +13,31 @@ use serde_json::Value;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects_v1");
 
+/// The store's tables besides applied objects: each maps a string key to a
+/// JSON record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Applied objects (`Kind/namespace/name`).
+    Objects,
+    /// Pod endpoints (`containerID/ifname`), written by CNI ADD.
+    Endpoints,
+    /// Pod address allocations (`address` -> `containerID/ifname`).
+    Ipam,
+}
+
+impl Table {
+    fn def(self) -> TableDefinition<'static, &'static str, &'static [u8]> {
+        match self {
+            Table::Objects => OBJECTS,
+            Table::Endpoints => TableDefinition::new("endpoints_v1"),
+            Table::Ipam => TableDefinition::new("ipam_v1"),
+        }
+    }
+}
+
+/// One write to a table: a put (key, JSON bytes) or a delete (key, None).
+pub type Write = (Table, String, Option<Vec<u8>>);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {path}: {message}")]
@@ -39,7 +64,9 @@ impl Store {
         std::fs::create_dir_all(state_dir).map_err(|e| err(&e))?;
         let db = Database::create(&path).map_err(|e| err(&e))?;
         let tx = db.begin_write().map_err(|e| err(&e))?;
-        tx.open_table(OBJECTS).map_err(|e| err(&e))?;
+        for t in [Table::Objects, Table::Endpoints, Table::Ipam] {
+            tx.open_table(t.def()).map_err(|e| err(&e))?;
+        }
         tx.commit().map_err(|e| err(&e))?;
         Ok(Store { db, path })
     }
@@ -50,8 +77,13 @@ impl Store {
 
     /// Every stored object, in key order.
     pub fn load_all(&self) -> Result<Vec<(String, Value)>, StoreError> {
+        self.load_table(Table::Objects)
+    }
+
+    /// Every record of a table, in key order.
+    pub fn load_table(&self, table: Table) -> Result<Vec<(String, Value)>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(OBJECTS).map_err(|e| self.err(e))?;
+        let t = tx.open_table(table.def()).map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for item in t.iter().map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
@@ -79,6 +111,29 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Apply writes to any tables in one transaction: after a crash the
+    /// store holds all of them or none.
+    pub fn write(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        for table in [Table::Objects, Table::Endpoints, Table::Ipam] {
+            if !writes.iter().any(|(t, _, _)| *t == table) {
+                continue;
+            }
+            let mut t = tx.open_table(table.def()).map_err(|e| self.err(e))?;
+            for (_, k, v) in writes.iter().filter(|(t, _, _)| *t == table) {
+                match v {
+                    Some(v) => {
+                        t.insert(k.as_str(), v.as_slice()).map_err(|e| self.err(e))?;
+                    }
+                    None => {
+                        t.remove(k.as_str()).map_err(|e| self.err(e))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -100,5 +155,24 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.load_all().unwrap(), vec![("Service/a/x".to_string(), serde_json::json!({"k": 1}))]);
+    }
+
+    #[test]
+    fn tables_are_separate_and_written_together() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.write(&[
+                (Table::Ipam, "10.0.0.2".into(), Some(b"\"c1/eth0\"".to_vec())),
+                (Table::Endpoints, "c1/eth0".into(), Some(b"{}".to_vec())),
+            ])
+            .unwrap();
+            s.write(&[(Table::Ipam, "10.0.0.3".into(), Some(b"\"c2/eth0\"".to_vec()))]).unwrap();
+            s.write(&[(Table::Ipam, "10.0.0.2".into(), None)]).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.load_all().unwrap().is_empty());
+        assert_eq!(s.load_table(Table::Ipam).unwrap(), vec![("10.0.0.3".to_string(), serde_json::json!("c2/eth0"))]);
+        assert_eq!(s.load_table(Table::Endpoints).unwrap().len(), 1);
     }
 }
