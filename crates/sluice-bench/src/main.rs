@@ -24,10 +24,12 @@ use serde::Serialize;
 use serde_json::Value;
 use sluice_testbed::cgroup::TestCgroup;
 use sluice_testbed::kubeproxy::{self, KpService, Proto};
+use sluice_testbed::netns::Netns;
 use sluice_testbed::proc::{run_in, spawn_in_logged, spawn_ready, Spawned};
 use sluice_testbed::stats::percentile;
 use sluice_testbed::topo::Topology;
 
+mod cni;
 mod sockets;
 
 #[derive(Parser, Debug)]
@@ -37,6 +39,8 @@ enum Bench {
     Services(Args),
     /// Socket termination: Sluice vs `ss -K` in each namespace.
     Sockets(sockets::SocketArgs),
+    /// Pod networking: Sluice's CNI plugin and pod datapath vs the reference bridge + host-local plugins.
+    Cni(cni::CniArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -273,27 +277,29 @@ struct Agent {
 
 impl Agent {
     fn start(topo: &Topology, cg: &TestCgroup, dir: &Path, tag: &str) -> anyhow::Result<Agent> {
+        Agent::start_in(topo.node(), cg, dir, tag, &[])
+    }
+
+    /// Start an agent in `node` (a node's network namespace) with `extra`
+    /// arguments after the usual ones.
+    fn start_in(node: &Netns, cg: &TestCgroup, dir: &Path, tag: &str, extra: &[&str]) -> anyhow::Result<Agent> {
         let state = dir.join(format!("state-{tag}"));
         let socket = dir.join(format!("agent-{tag}.sock"));
         let pins = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}-{tag}", std::process::id()));
         let log = std::fs::File::create(dir.join(format!("agent-{tag}.log")))?;
-        let p = spawn_in_logged(
-            Some(topo.node()),
-            None,
-            &bin("sluice"),
-            &[
-                "agent",
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--cgroup",
-                cg.path().to_str().unwrap(),
-                "--bpffs",
-                pins.to_str().unwrap(),
-                "--api-socket",
-                socket.to_str().unwrap(),
-            ],
-            log,
-        )?;
+        let mut args = vec![
+            "agent",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--cgroup",
+            cg.path().to_str().unwrap(),
+            "--bpffs",
+            pins.to_str().unwrap(),
+            "--api-socket",
+            socket.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let p = spawn_in_logged(Some(node), None, &bin("sluice"), &args, log)?;
         let a = Agent { _proc: p, socket, pins };
         let t0 = Instant::now();
         while a.cli(&["status"]).is_err() {
@@ -349,11 +355,13 @@ fn main() -> anyhow::Result<()> {
     match argv.get(1).map(String::as_str) {
         Some("__client") => return client_main(&argv[2..]),
         Some("__hold") => return sockets::hold_main(&argv[2..]),
+        Some("__rr") => return cni::rr_main(&argv[2..]),
         _ => {}
     }
     let args = match Bench::parse() {
         Bench::Services(a) => a,
         Bench::Sockets(a) => return sockets::run(a),
+        Bench::Cni(a) => return cni::run(a),
     };
     let topo = Topology::new("sl-bench", 3)?;
     let cg = TestCgroup::new("sl-bench")?;
