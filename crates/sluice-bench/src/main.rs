@@ -286,7 +286,8 @@ impl Agent {
         let state = dir.join(format!("state-{tag}"));
         let socket = dir.join(format!("agent-{tag}.sock"));
         let pins = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}-{tag}", std::process::id()));
-        let log = std::fs::File::create(dir.join(format!("agent-{tag}.log")))?;
+        let log_path = dir.join(format!("agent-{tag}.log"));
+        let log = std::fs::File::create(&log_path)?;
         let mut args = vec![
             "agent",
             "--state-dir",
@@ -300,11 +301,13 @@ impl Agent {
         ];
         args.extend_from_slice(extra);
         let p = spawn_in_logged(Some(node), None, &bin("sluice"), &args, log)?;
-        let a = Agent { _proc: p, socket, pins };
+        let mut a = Agent { _proc: p, socket, pins };
         let t0 = Instant::now();
         while a.cli(&["status"]).is_err() {
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!("agent did not start");
+            let exited = a._proc.try_wait()?;
+            if exited.is_some() || t0.elapsed() > Duration::from_secs(30) {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                bail!("agent did not start ({exited:?}); its log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
