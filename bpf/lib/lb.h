@@ -9,31 +9,11 @@
 #include "../include/common.h"
 #include "../include/lb.h"
 #include "../include/metrics.h"
+#include "addr.h"
 
 /* Set by the loader: the node's own network namespace. Loopback addresses
  * reach NodePorts only from there; in a pod, 127.0.0.1 is the pod itself. */
 const volatile __u64 sl_host_netns_cookie = 0;
-
-static __always_inline void sl_addr_from_v4(union sl_addr *a, __be32 ip4)
-{
-	a->w[0] = 0;
-	a->w[1] = 0;
-	a->w[2] = bpf_htonl(0x0000ffff);
-	a->w[3] = ip4;
-}
-
-static __always_inline bool sl_addr_is_v4(const union sl_addr *a)
-{
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0x0000ffff);
-}
-
-static __always_inline bool sl_addr_is_loopback(const union sl_addr *a)
-{
-	if (sl_addr_is_v4(a))
-		return (bpf_ntohl(a->w[3]) >> 24) == 127;
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == 0 &&
-	       a->w[3] == bpf_htonl(1);
-}
 
 /*
  * Find the master entry of the frontend the destination names. On success

@@ -27,7 +27,26 @@ pub const METRIC_NAMES: &[&str] = &[
     "revnat_map_full",
     "reject_family_mismatch",
     "sock_storage_full",
+    "pod_redirect_peer",
+    "svc_dnat",
+    "svc_rev_dnat",
+    "snat",
+    "rev_snat",
+    "ct_repick",
+    "snat_no_addr",
+    "drop_malformed",
+    "drop_no_backend",
+    "drop_backend_missing",
+    "drop_family_mismatch",
+    "drop_ct_map_full",
+    "drop_snat_ports_exhausted",
+    "drop_nat_map_full",
+    "drop_rewrite_failed",
+    "host_malformed_passed",
 ];
+
+/// The counters map (`bpf/include/metrics.h`); version 2 has 64 entries.
+pub const METRICS_MAP: &str = "sl_metrics_v2";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metric {
@@ -45,23 +64,30 @@ pub struct KernelMaps {
     metrics: MapHandle,
 }
 
-fn open_checked<K, V>(pin_dir: &Path, name: &str) -> Result<MapHandle, DatapathError> {
-    let h = open_pinned(pin_dir, name)?;
+fn checked<K, V>(get: &dyn Fn(&str) -> Result<MapHandle, DatapathError>, name: &str) -> Result<MapHandle, DatapathError> {
+    let h = get(name)?;
     check_sizes(&h, name, std::mem::size_of::<K>(), std::mem::size_of::<V>())?;
     Ok(h)
 }
 
 impl KernelMaps {
     pub fn open(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::from_source(&|name| open_pinned(pin_dir, name))
+    }
+
+    /// The maps as `get` finds them by name: the pins, or (tests, the
+    /// simulator) the maps of an object loaded without pinning. Sizes are
+    /// checked against this build either way.
+    pub fn from_source(get: &dyn Fn(&str) -> Result<MapHandle, DatapathError>) -> Result<Self, DatapathError> {
         use crate::skel::types::{sl_sock_revnat_key, sl_sock_revnat_val, sl_node_addr_val, sl_metric_val};
         Ok(KernelMaps {
-            svc: open_checked::<sl_svc_key, sl_svc_val>(pin_dir, "sl_lb_svc_v1")?,
-            be: open_checked::<u32, sl_backend>(pin_dir, "sl_lb_be_v1")?,
-            rnat: open_checked::<u32, sl_revnat>(pin_dir, "sl_lb_rnat_v1")?,
-            skrn: open_checked::<sl_sock_revnat_key, sl_sock_revnat_val>(pin_dir, "sl_lb_skrn_v1")?,
-            affm: open_checked::<sl_affinity_match_key, u32>(pin_dir, "sl_lb_affm_v1")?,
-            node: open_checked::<sl_addr, sl_node_addr_val>(pin_dir, "sl_node_addr_v1")?,
-            metrics: open_checked::<u32, sl_metric_val>(pin_dir, "sl_metrics_v1")?,
+            svc: checked::<sl_svc_key, sl_svc_val>(get, "sl_lb_svc_v1")?,
+            be: checked::<u32, sl_backend>(get, "sl_lb_be_v1")?,
+            rnat: checked::<u32, sl_revnat>(get, "sl_lb_rnat_v1")?,
+            skrn: checked::<sl_sock_revnat_key, sl_sock_revnat_val>(get, "sl_lb_skrn_v1")?,
+            affm: checked::<sl_affinity_match_key, u32>(get, "sl_lb_affm_v1")?,
+            node: checked::<sl_addr, sl_node_addr_val>(get, "sl_node_addr_v1")?,
+            metrics: checked::<u32, sl_metric_val>(get, METRICS_MAP)?,
         })
     }
 

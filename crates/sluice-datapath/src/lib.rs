@@ -7,8 +7,10 @@
 //! programs (5.18+). Checked here on 6.18.
 //!
 //! Layout of the pin directory (default `/sys/fs/bpf/sluice`):
-//! `maps/<name>_v<layout>` for every map, `links/<program>_v<layout>` for
-//! every attached program. A restarted agent loads the programs again,
+//! `maps/<name>_v<layout>` for every map, `progs/<program>_v<layout>` for
+//! every program, `links/<program>_v<layout>` for every cgroup link, and
+//! `links/pod/<ifname>_{ingress,egress}_v1` / `links/host/<ifname>_..._v1`
+//! for the tcx links of pod and node devices (see [`pod`]). A restarted agent loads the programs again,
 //! reuses the pinned maps (libbpf refuses a map whose layout differs) and
 //! swaps the new programs into the pinned links atomically, so neither
 //! established nor new connections notice the restart.
@@ -17,6 +19,7 @@ pub mod encode;
 pub mod fsutil;
 pub mod lbmaps;
 pub mod loader;
+pub mod pod;
 pub mod sockterm;
 
 #[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
@@ -27,6 +30,16 @@ pub mod skel {
 #[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
 pub mod skel_term {
     include!(concat!(env!("OUT_DIR"), "/sock_term.skel.rs"));
+}
+
+#[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
+pub mod skel_lxc {
+    include!(concat!(env!("OUT_DIR"), "/lxc.skel.rs"));
+}
+
+#[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
+pub mod skel_host {
+    include!(concat!(env!("OUT_DIR"), "/host.skel.rs"));
 }
 
 pub use lbmaps::{KernelMaps, Metric};

@@ -22,9 +22,21 @@ pub const MAPS: &[&str] = &[
     "sl_lb_aff_v1",
     "sl_lb_affm_v1",
     "sl_node_addr_v1",
-    "sl_metrics_v1",
+    "sl_metrics_v2",
     "sl_sock_lb_v1",
+    "sl_ep_v1",
+    "sl_cfg_v1",
+    "sl_ct_v1",
+    "sl_snat_v1",
 ];
+
+/// Pins of map layouts this build no longer uses: removed by install (once
+/// the new programs are in place) and by uninstall.
+pub const LEGACY_MAPS: &[&str] = &["sl_metrics_v1"];
+
+/// Programs of pod and node devices, pinned under `<pin_dir>/progs/` and
+/// attached per device through [`crate::pod::PodDatapath`].
+pub const DEVICE_PROGRAMS: &[&str] = &["sl_from_pod", "sl_to_pod", "sl_host_ingress", "sl_host_egress"];
 
 /// Programs and the link pin each is attached through.
 pub const PROGRAMS: &[&str] = &[
@@ -79,7 +91,10 @@ pub fn link_pin(pin_dir: &Path, prog: &str) -> PathBuf {
 
 /// Load the programs, reuse or create and pin the maps, and attach: a link
 /// pinned by an earlier agent gets the new program swapped in atomically,
-/// otherwise a new link is made and pinned.
+/// otherwise a new link is made and pinned. The pod and host device
+/// programs are loaded too (same maps, programs pinned under `progs/`) and
+/// swapped into every device link pinned under `links/pod/` and
+/// `links/host/`; attaching to new devices is [`crate::pod::PodDatapath`]'s.
 pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
     let mounted_bpffs = fsutil::ensure_bpffs(&cfg.pin_dir)?;
     let host_cookie = fsutil::netns_cookie()?;
@@ -142,6 +157,16 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
         prog.pin(&prog_pin).map_err(DatapathError::bpf(format!("pinning {}", prog_pin.display())))?;
         links.push(LinkStatus { program: name, pin: pin.display().to_string(), state: state.into() });
     }
+    drop(skel);
+
+    let (dev_adopted, dev_links) = crate::pod::install_devices(&cfg.pin_dir, host_cookie)?;
+    for m in dev_adopted {
+        if !adopted_maps.contains(&m) {
+            adopted_maps.push(m);
+        }
+    }
+    links.extend(dev_links);
+    remove_legacy_maps(&cfg.pin_dir)?;
     Ok(InstallReport {
         pin_dir: cfg.pin_dir.display().to_string(),
         cgroup: cfg.cgroup.display().to_string(),
@@ -180,10 +205,23 @@ pub fn link_status(pin_dir: &Path) -> Vec<LinkStatus> {
         .collect()
 }
 
-/// Detach every program and remove every pin: the datapath is gone and
-/// sockets are no longer translated.
-pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
+fn remove_legacy_maps(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
     let mut removed = Vec::new();
+    for m in LEGACY_MAPS {
+        let pin = map_pin(pin_dir, m);
+        if pin.exists() {
+            std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
+            removed.push(pin.display().to_string());
+        }
+    }
+    Ok(removed)
+}
+
+/// Detach every program and remove every pin: the datapath is gone and
+/// sockets are no longer translated; pod and node devices lose their
+/// programs too.
+pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
+    let mut removed = crate::pod::remove_device_links(pin_dir)?;
     for p in PROGRAMS {
         let pin = link_pin(pin_dir, p);
         if !pin.exists() {
@@ -198,14 +236,14 @@ pub fn uninstall(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
             removed.push(pin.display().to_string());
         }
     }
-    for p in PROGRAMS {
+    for p in PROGRAMS.iter().chain(DEVICE_PROGRAMS) {
         let pin = prog_pin(pin_dir, p);
         if pin.exists() {
             std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
             removed.push(pin.display().to_string());
         }
     }
-    for m in MAPS {
+    for m in MAPS.iter().chain(LEGACY_MAPS) {
         let pin = map_pin(pin_dir, m);
         if pin.exists() {
             std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;

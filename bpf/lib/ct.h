@@ -1,0 +1,207 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Per-packet service translation with connection tracking (include/ct.h):
+ * the first packet of a flow to a frontend picks a backend exactly as the
+ * socket path does (lib/lb.h); later packets follow the conntrack entry,
+ * so a flow keeps its backend while the service changes, and picks again
+ * only when that backend no longer exists.
+ */
+#ifndef SLUICE_LIB_CT_H
+#define SLUICE_LIB_CT_H
+
+#include "../include/common.h"
+#include "../include/ct.h"
+#include "../include/metrics.h"
+#include "lb.h"
+#include "pkt.h"
+
+/* Results of the translation steps. */
+#define SL_XLATE_PASS	0	/* nothing to translate */
+#define SL_XLATE_DONE	1	/* translated; the sl_pkt holds the new tuple */
+#define SL_XLATE_DROP	2	/* drop; the reason is counted */
+
+/* Not a network namespace: loopback never reaches a NodePort from here. */
+#define SL_NETNS_NONE	(~0ULL)
+
+static __always_inline bool sl_ct_alive(const struct sl_ct_val *v, __u64 now)
+{
+	return now < v->last_seen_ns + (__u64)v->lifetime_s * 1000000000ULL;
+}
+
+static __always_inline bool sl_tcp_closing(const struct sl_pkt *p)
+{
+	return p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_FIN_ | TCP_FLAG_RST_));
+}
+
+static __always_inline void sl_ct_set_closing(struct sl_ct_val *v)
+{
+	v->flags |= SL_CT_F_CLOSING;
+	v->lifetime_s = SL_CT_LIFETIME_CLOSE_S;
+}
+
+static __always_inline void sl_ct_touch(struct sl_ct_val *v, const struct sl_pkt *p, __u64 now)
+{
+	v->last_seen_ns = now;
+	if (sl_tcp_closing(p) && !(v->flags & SL_CT_F_CLOSING))
+		sl_ct_set_closing(v);
+}
+
+/*
+ * The client as session affinity sees it. The socket path uses the client's
+ * netns cookie; here only the address is known, so it is folded into a
+ * value with the top bit set, which netns cookies (a counter) never reach.
+ */
+static __always_inline __u64 sl_ct_client(const union sl_addr *a)
+{
+	return (1ULL << 63) | ((__u64)(a->w[0] ^ a->w[1] ^ a->w[2]) << 32) | a->w[3];
+}
+
+/*
+ * A reply from a backend (backend -> client): put the frontend back as the
+ * source. Used where the reply is first seen: leaving a local backend pod,
+ * or entering the client pod from the stack.
+ */
+static __always_inline int sl_ct_reply(struct __sk_buff *skb, struct sl_pkt *p)
+{
+	struct sl_ct_key rk = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = SL_CT_DIR_REV,
+	};
+	struct sl_ct_val *rv;
+	union sl_addr vip;
+	__be16 vport;
+
+	rv = bpf_map_lookup_elem(&sl_ct_v1, &rk);
+	if (!rv)
+		return SL_XLATE_PASS;
+	vip = rv->nat_addr;
+	vport = rv->nat_port;
+	rv->last_seen_ns = bpf_ktime_get_ns();
+	if (sl_tcp_closing(p)) {
+		/* The forward entry closes too: the client may never send
+		 * another packet after the backend's RST. */
+		struct sl_ct_key fk = {
+			.saddr = p->daddr,
+			.daddr = vip,
+			.sport = p->dport,
+			.dport = vport,
+			.proto = p->proto,
+			.dir = SL_CT_DIR_FWD,
+		};
+		struct sl_ct_val *fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
+
+		if (!(rv->flags & SL_CT_F_CLOSING))
+			sl_ct_set_closing(rv);
+		if (fv && !(fv->flags & SL_CT_F_CLOSING))
+			sl_ct_set_closing(fv);
+	}
+	if (sl_rewrite(skb, p, true, &vip, vport)) {
+		sl_count(SL_M_DROP_REWRITE_FAILED);
+		return SL_XLATE_DROP;
+	}
+	sl_count(SL_M_SVC_REV_DNAT);
+	return SL_XLATE_DONE;
+}
+
+/*
+ * A packet from a pod (client -> frontend): send it to a backend. Existing
+ * flows follow their conntrack entry; new ones (or flows whose backend is
+ * gone) pick a backend and get a forward and a reverse entry.
+ */
+static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p)
+{
+	struct sl_ct_key fk = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = SL_CT_DIR_FWD,
+	};
+	struct sl_ct_key rk = {};
+	struct sl_ct_val *fv, nv = {}, rv = {};
+	struct sl_svc_key key = {};
+	struct sl_svc_val *master;
+	struct sl_backend be = {}, *bp;
+	__u32 be_id = 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
+	if (fv && sl_ct_alive(fv, now)) {
+		__u32 id = fv->backend_id;
+
+		bp = bpf_map_lookup_elem(&sl_lb_be_v1, &id);
+		if (bp && bp->port == fv->nat_port && sl_addr_eq(&bp->addr, &fv->nat_addr)) {
+			sl_ct_touch(fv, p, now);
+			be.addr = fv->nat_addr;
+			be.port = fv->nat_port;
+			goto rewrite;
+		}
+		sl_count(SL_M_CT_REPICK);
+	}
+
+	key.addr = p->daddr;
+	key.dport = p->dport;
+	key.proto = p->proto;
+	master = sl_lb_lookup_frontend(&key, SL_NETNS_NONE);
+	if (!master)
+		return SL_XLATE_PASS;
+	if (master->count == 0) {
+		sl_count(SL_M_DROP_NO_BACKEND);
+		return SL_XLATE_DROP;
+	}
+	if (sl_lb_select_backend(&key, master, sl_ct_client(&p->saddr), &be, &be_id)) {
+		sl_count(SL_M_DROP_BACKEND_MISSING);
+		return SL_XLATE_DROP;
+	}
+	if (sl_addr_is_v4(&be.addr) == (bool)p->v6) {
+		sl_count(SL_M_DROP_FAMILY_MISMATCH);
+		return SL_XLATE_DROP;
+	}
+
+	nv.nat_addr = be.addr;
+	nv.nat_port = be.port;
+	nv.rev_nat_id = master->rev_nat_id;
+	nv.backend_id = be_id;
+	nv.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S;
+	nv.last_seen_ns = now;
+	nv.created_ns = now;
+	if (sl_tcp_closing(p))
+		sl_ct_set_closing(&nv);
+
+	rk.saddr = be.addr;
+	rk.daddr = p->saddr;
+	rk.sport = be.port;
+	rk.dport = p->sport;
+	rk.proto = p->proto;
+	rk.dir = SL_CT_DIR_REV;
+	rv = nv;
+	rv.nat_addr = p->daddr;
+	rv.nat_port = p->dport;
+
+	/* Reverse first: a reply must never find a forward entry's flow
+	 * without its way back. */
+	if (bpf_map_update_elem(&sl_ct_v1, &rk, &rv, BPF_ANY)) {
+		sl_count(SL_M_DROP_CT_MAP_FULL);
+		return SL_XLATE_DROP;
+	}
+	if (bpf_map_update_elem(&sl_ct_v1, &fk, &nv, BPF_ANY)) {
+		bpf_map_delete_elem(&sl_ct_v1, &rk);
+		sl_count(SL_M_DROP_CT_MAP_FULL);
+		return SL_XLATE_DROP;
+	}
+
+rewrite:
+	if (sl_rewrite(skb, p, false, &be.addr, be.port)) {
+		sl_count(SL_M_DROP_REWRITE_FAILED);
+		return SL_XLATE_DROP;
+	}
+	sl_count(SL_M_SVC_DNAT);
+	return SL_XLATE_DONE;
+}
+
+#endif /* SLUICE_LIB_CT_H */

@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Packet parsing and rewriting for tc programs (pod and node devices).
+ *
+ * Headers are copied out with bpf_skb_load_bytes() and written back with
+ * bpf_skb_store_bytes() and the checksum helpers, so the same code copes
+ * with non-linear skbs, IPv4 options and both families. Checksums are
+ * updated incrementally: with CHECKSUM_PARTIAL (offloaded TCP from a pod)
+ * the helpers update only the pseudo-header part, as the stack expects.
+ */
+#ifndef SLUICE_LIB_PKT_H
+#define SLUICE_LIB_PKT_H
+
+#include "../include/common.h"
+#include "addr.h"
+
+#define TC_ACT_OK		0
+#define TC_ACT_SHOT		2
+#define TC_ACT_REDIRECT		7
+
+#define ETH_HLEN_		14
+#define ETH_ALEN_		6
+#define ETH_P_IP_		0x0800
+#define ETH_P_IPV6_		0x86DD
+
+#define IP_MF_			0x2000
+#define IP_OFFSET_		0x1fff
+
+#define TCP_FLAG_FIN_		0x01
+#define TCP_FLAG_SYN_		0x02
+#define TCP_FLAG_RST_		0x04
+
+/* What sl_parse() found. Addresses and ports in network order. */
+struct sl_pkt {
+	union sl_addr saddr;
+	union sl_addr daddr;
+	__be16 sport;		/* valid if has_l4 */
+	__be16 dport;		/* valid if has_l4 */
+	__u8  proto;		/* IPv4 protocol / IPv6 next header */
+	__u8  v6;
+	__u8  has_l4;		/* TCP or UDP header present: ports valid */
+	__u8  tcp_flags;	/* FIN, SYN, RST, ... (TCP only) */
+	__u32 l4_off;		/* offset of the L4 header from the frame start */
+};
+
+#define SL_PARSE_OK		0
+#define SL_PARSE_NOT_IP		1	/* ARP and the like: not ours */
+#define SL_PARSE_MALFORMED	(-1)
+
+static __always_inline int sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *p, __u32 l4_len)
+{
+	if (p->proto == IPPROTO_TCP_) {
+		__u8 th[20];
+		__u32 doff;
+
+		if (l4_len < 20 || bpf_skb_load_bytes(skb, p->l4_off, th, sizeof(th)))
+			return SL_PARSE_MALFORMED;
+		doff = (th[12] >> 4) * 4;
+		if (doff < 20 || doff > l4_len)
+			return SL_PARSE_MALFORMED;
+		__builtin_memcpy(&p->sport, &th[0], 2);
+		__builtin_memcpy(&p->dport, &th[2], 2);
+		p->tcp_flags = th[13];
+		p->has_l4 = 1;
+	} else if (p->proto == IPPROTO_UDP_) {
+		__u8 uh[8];
+
+		if (l4_len < 8 || bpf_skb_load_bytes(skb, p->l4_off, uh, sizeof(uh)))
+			return SL_PARSE_MALFORMED;
+		__builtin_memcpy(&p->sport, &uh[0], 2);
+		__builtin_memcpy(&p->dport, &uh[2], 2);
+		p->has_l4 = 1;
+	}
+	return SL_PARSE_OK;
+}
+
+/*
+ * Parse Ethernet, IPv4 or IPv6, and TCP or UDP. Fragments and other L4
+ * protocols parse with has_l4 = 0 (addresses only). IPv6 extension headers
+ * are not walked: a packet with one is treated as "other protocol".
+ * A length of 0 in the IP header (BIG TCP) means "the rest of the skb".
+ */
+static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
+{
+	__u32 len = skb->len;
+	__be16 eth_proto;
+
+	if (len < ETH_HLEN_ || bpf_skb_load_bytes(skb, 12, &eth_proto, 2))
+		return SL_PARSE_MALFORMED;
+
+	if (eth_proto == bpf_htons(ETH_P_IP_)) {
+		struct iphdr ip;
+		__u32 hl, tot;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)))
+			return SL_PARSE_MALFORMED;
+		if (ip.version != 4 || ip.ihl < 5)
+			return SL_PARSE_MALFORMED;
+		hl = ip.ihl * 4;
+		tot = bpf_ntohs(ip.tot_len);
+		if (tot == 0)
+			tot = len - ETH_HLEN_;
+		if (tot < hl || ETH_HLEN_ + tot > len)
+			return SL_PARSE_MALFORMED;
+		sl_addr_from_v4(&p->saddr, ip.saddr);
+		sl_addr_from_v4(&p->daddr, ip.daddr);
+		p->proto = ip.protocol;
+		p->v6 = 0;
+		p->l4_off = ETH_HLEN_ + hl;
+		if (ip.frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
+			return SL_PARSE_OK;
+		return sl_parse_l4(skb, p, tot - hl);
+	}
+	if (eth_proto == bpf_htons(ETH_P_IPV6_)) {
+		struct ipv6hdr ip6;
+		__u32 plen;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip6, sizeof(ip6)))
+			return SL_PARSE_MALFORMED;
+		if (ip6.version != 6)
+			return SL_PARSE_MALFORMED;
+		plen = bpf_ntohs(ip6.payload_len);
+		if (plen == 0)
+			plen = len - ETH_HLEN_ - sizeof(ip6);
+		if (ETH_HLEN_ + sizeof(ip6) + plen > len)
+			return SL_PARSE_MALFORMED;
+		__builtin_memcpy(p->saddr.b, &ip6.saddr, 16);
+		__builtin_memcpy(p->daddr.b, &ip6.daddr, 16);
+		p->proto = ip6.nexthdr;
+		p->v6 = 1;
+		p->l4_off = ETH_HLEN_ + sizeof(ip6);
+		return sl_parse_l4(skb, p, plen);
+	}
+	return SL_PARSE_NOT_IP;
+}
+
+static __always_inline __u32 sl_l4_csum_off(const struct sl_pkt *p)
+{
+	return p->l4_off + (p->proto == IPPROTO_TCP_ ? 16 : 6);
+}
+
+/*
+ * Replace the source (@src) or destination address and port of a parsed
+ * TCP/UDP packet, with the IP and L4 checksums. A UDP/IPv4 checksum of 0
+ * ("none") stays 0 (BPF_F_MARK_MANGLED_0). Updates @p. Returns 0 or a
+ * negative error from a helper.
+ */
+static __always_inline int sl_rewrite(struct __sk_buff *skb, struct sl_pkt *p, bool src,
+				      const union sl_addr *addr, __be16 port)
+{
+	__u32 csum_off = sl_l4_csum_off(p);
+	__u64 l4f = p->proto == IPPROTO_UDP_ ? BPF_F_MARK_MANGLED_0 : 0;
+	union sl_addr *old = src ? &p->saddr : &p->daddr;
+	__be16 *old_port = src ? &p->sport : &p->dport;
+	union sl_addr new_addr = *addr;
+	int err;
+
+	if (!p->v6) {
+		__u32 off = ETH_HLEN_ + (src ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
+		__be32 o = old->w[3], n = new_addr.w[3];
+
+		if (o != n) {
+			err = bpf_l4_csum_replace(skb, csum_off, o, n, l4f | BPF_F_PSEUDO_HDR | 4);
+			if (err)
+				return err;
+			err = bpf_l3_csum_replace(skb, ETH_HLEN_ + offsetof(struct iphdr, check), o, n, 4);
+			if (err)
+				return err;
+			err = bpf_skb_store_bytes(skb, off, &n, 4, 0);
+			if (err)
+				return err;
+		}
+	} else if (!sl_addr_eq(old, &new_addr)) {
+		__u32 off = ETH_HLEN_ + (src ? offsetof(struct ipv6hdr, saddr) : offsetof(struct ipv6hdr, daddr));
+		union sl_addr o = *old;
+		__s64 diff = bpf_csum_diff(o.w, 16, new_addr.w, 16, 0);
+
+		if (diff < 0)
+			return (int)diff;
+		err = bpf_l4_csum_replace(skb, csum_off, 0, (__u64)diff, l4f | BPF_F_PSEUDO_HDR);
+		if (err)
+			return err;
+		err = bpf_skb_store_bytes(skb, off, new_addr.b, 16, 0);
+		if (err)
+			return err;
+	}
+	*old = new_addr;
+
+	if (*old_port != port) {
+		err = bpf_l4_csum_replace(skb, csum_off, *old_port, port, l4f | 2);
+		if (err)
+			return err;
+		err = bpf_skb_store_bytes(skb, p->l4_off + (src ? 0 : 2), &port, 2, 0);
+		if (err)
+			return err;
+		*old_port = port;
+	}
+	return 0;
+}
+
+/* Ethernet destination and source, for delivery into a pod. */
+static __always_inline int sl_set_macs(struct __sk_buff *skb, const __u8 *dst, const __u8 *src)
+{
+	__u8 h[2 * ETH_ALEN_];
+
+	__builtin_memcpy(h, dst, ETH_ALEN_);
+	__builtin_memcpy(h + ETH_ALEN_, src, ETH_ALEN_);
+	return bpf_skb_store_bytes(skb, 0, h, sizeof(h), 0);
+}
+
+#endif /* SLUICE_LIB_PKT_H */

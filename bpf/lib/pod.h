@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The pod device (host side of a pod's veth): what a pod sends
+ * (sl_pod_from, tc ingress) and what the stack sends into it (sl_pod_to,
+ * tc egress).
+ */
+#ifndef SLUICE_LIB_POD_H
+#define SLUICE_LIB_POD_H
+
+#include "../include/common.h"
+#include "../include/ep.h"
+#include "../include/metrics.h"
+#include "ct.h"
+#include "pkt.h"
+
+/* To a pod on this node: straight into its namespace (tc ingress only). */
+static __always_inline int sl_pod_deliver(struct __sk_buff *skb, const struct sl_pkt *p)
+{
+	union sl_addr dst = p->daddr;
+	struct sl_ep_val *ep = bpf_map_lookup_elem(&sl_ep_v1, &dst);
+
+	if (!ep)
+		return TC_ACT_OK;
+	if (sl_set_macs(skb, ep->pod_mac, ep->host_mac)) {
+		sl_count(SL_M_DROP_REWRITE_FAILED);
+		return TC_ACT_SHOT;
+	}
+	sl_count(SL_M_POD_REDIRECT_PEER);
+	return bpf_redirect_peer(ep->host_ifindex, 0);
+}
+
+static __always_inline int sl_pod_from(struct __sk_buff *skb)
+{
+	struct sl_pkt p = {};
+	int r = sl_parse(skb, &p);
+
+	if (r == SL_PARSE_NOT_IP)
+		return TC_ACT_OK;
+	if (r != SL_PARSE_OK) {
+		sl_count(SL_M_DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	if (p.has_l4) {
+		/* A reply from this pod as a service backend, else a packet
+		 * to a service. */
+		r = sl_ct_reply(skb, &p);
+		if (r == SL_XLATE_PASS)
+			r = sl_ct_service(skb, &p);
+		if (r == SL_XLATE_DROP)
+			return TC_ACT_SHOT;
+	}
+	return sl_pod_deliver(skb, &p);
+}
+
+static __always_inline int sl_pod_to(struct __sk_buff *skb)
+{
+	struct sl_pkt p = {};
+	int r = sl_parse(skb, &p);
+
+	if (r == SL_PARSE_NOT_IP)
+		return TC_ACT_OK;
+	if (r != SL_PARSE_OK) {
+		sl_count(SL_M_DROP_MALFORMED);
+		return TC_ACT_SHOT;
+	}
+	/* A reply from a backend outside this node or in the host network. */
+	if (p.has_l4 && sl_ct_reply(skb, &p) == SL_XLATE_DROP)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+#endif /* SLUICE_LIB_POD_H */
