@@ -153,6 +153,11 @@ impl<M: LbMaps> Core<M> {
         self.service_cidr = cidr;
     }
 
+    /// Labels of the applied Pod `namespace/name` (empty if none was applied).
+    pub fn pod_labels(&self, namespace: &str, name: &str) -> BTreeMap<String, String> {
+        self.catalog.pod(namespace, name).map(|p| p.metadata.labels.clone()).unwrap_or_default()
+    }
+
     pub fn maps(&self) -> &M {
         &self.maps
     }
@@ -322,6 +327,7 @@ impl<M: LbMaps> Core<M> {
         match r.kind {
             Kind::Service => self.catalog.service(&format!("{}/{}", r.namespace, r.name)).cloned().map(Object::Service),
             Kind::EndpointSlice => self.catalog.slice(r).cloned().map(Object::EndpointSlice),
+            Kind::Pod => self.catalog.pod(&r.namespace, &r.name).cloned().map(Object::Pod),
         }
     }
 
@@ -570,6 +576,7 @@ pub fn views_from_dump(dump: &LbDump, owner: impl Fn(&FrontendKey) -> Option<(St
             id: v.rev_nat_id,
             affinity_timeout: (v.flags & sluice_lb::SVC_F_AFFINITY != 0).then_some(v.affinity_timeout),
             backends,
+            backend_pods: Vec::new(),
         });
     }
     out

@@ -8,6 +8,9 @@
 //! maps, the API socket and the node-address refresher.
 
 pub mod core;
+pub mod ipam;
+pub mod podnet;
+pub mod pods;
 pub mod nodeaddr;
 pub mod server;
 

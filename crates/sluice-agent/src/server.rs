@@ -19,6 +19,8 @@ use tracing::{info, warn};
 
 use crate::core::{Core, CoreError};
 use crate::nodeaddr::node_addresses;
+use crate::podnet::KernelPodNet;
+use crate::pods::{CniErr, Pods};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -29,10 +31,22 @@ pub struct AgentConfig {
     pub node_addr_refresh: Duration,
     /// Where cluster IPs are allocated from for Services that give none.
     pub service_cidr: Option<crate::core::ServiceCidr>,
+    /// This node's pod address ranges (one per family), for CNI ADD.
+    pub pod_cidrs: Vec<crate::ipam::Cidr>,
+    /// Masquerade pod traffic leaving through `external_devs`.
+    pub masquerade: bool,
+    /// The node's external devices: masquerade (and later NodePort) programs go here.
+    pub external_devs: Vec<String>,
+    /// Source ports for masquerading (inclusive).
+    pub snat_ports: (u16, u16),
+    /// Tests only: abort at this point of a CNI ADD (simulates a crash).
+    pub fail_point: Option<String>,
 }
 
 struct Shared {
     core: Mutex<Core<KernelMaps>>,
+    /// Lock order: never held together with `core` (see `handle`).
+    pods: Mutex<Pods<KernelPodNet>>,
     cfg: AgentConfig,
     cgroup: PathBuf,
     started: Instant,
@@ -67,6 +81,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         info!(program = %l.program, state = %l.state, "link");
     }
     let maps = KernelMaps::open(&cfg.pin_dir)?;
+    let podnet = KernelPodNet::new(&cfg.pin_dir).map_err(|e| anyhow::anyhow!("opening the pod datapath: {e}"))?;
+    configure_node(&cfg, podnet.datapath())?;
+    let (mut pods, pod_warnings) =
+        Pods::new(store.clone(), &cfg.pod_cidrs, podnet).map_err(|e| anyhow::anyhow!("loading pod endpoints: {e}"))?;
+    pods.set_fail_point(cfg.fail_point.clone());
+    for w in pod_warnings {
+        warn!("{w}");
+    }
     let (mut core, writes, warnings) = Core::new(store, maps).map_err(|e| anyhow::anyhow!("{e}"))?;
     core.set_service_cidr(cfg.service_cidr);
     for w in warnings {
@@ -80,12 +102,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         frontends = fes,
         backends = bes,
         map_writes = writes,
+        endpoints = pods.len(),
+        pod_cidrs = ?cfg.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         ms = t0.elapsed().as_millis() as u64,
         "agent ready on {}",
         cfg.api_socket.display()
     );
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
+        pods: Mutex::new(pods),
         cfg: cfg.clone(),
         cgroup,
         started: Instant::now(),
@@ -124,6 +149,117 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&cfg.api_socket);
     info!("agent stopped; the datapath stays loaded and keeps translating");
     Ok(())
+}
+
+/// The pod datapath's node settings, and its programs on the external devices.
+fn configure_node(cfg: &AgentConfig, dp: &sluice_datapath::pod::PodDatapath) -> anyhow::Result<()> {
+    let mut masq_ip4 = None;
+    let mut masq_ip6 = None;
+    for dev in &cfg.external_devs {
+        let ifindex = nix::net::if_::if_nametoindex(dev.as_str()).with_context(|| format!("external device {dev} (--external-dev)"))?;
+        for ifa in nix::ifaddrs::getifaddrs()? {
+            if ifa.interface_name != *dev {
+                continue;
+            }
+            let Some(a) = ifa.address else { continue };
+            if let Some(v4) = a.as_sockaddr_in() {
+                masq_ip4.get_or_insert(v4.ip());
+            } else if let Some(v6) = a.as_sockaddr_in6() {
+                let ip = v6.ip();
+                if (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                    masq_ip6.get_or_insert(ip);
+                }
+            }
+        }
+        dp.attach_host(dev, ifindex).with_context(|| format!("attaching to external device {dev}"))?;
+        info!(device = %dev, ifindex, "external device attached");
+    }
+    if cfg.masquerade && cfg.external_devs.is_empty() {
+        bail!("--masquerade needs --external-dev: the device pod traffic leaves the node through");
+    }
+    if cfg.masquerade && masq_ip4.is_none() && masq_ip6.is_none() {
+        bail!("--masquerade: the external device(s) {} have no address to masquerade to", cfg.external_devs.join(", "));
+    }
+    let cidrs: Vec<(std::net::IpAddr, u8)> = cfg.pod_cidrs.iter().map(|c| (c.network, c.prefix)).collect();
+    dp.set_node_config(&sluice_datapath::pod::NodeConfig {
+        masquerade: cfg.masquerade,
+        masq_ip4,
+        masq_ip6,
+        pod_cidrs: cidrs.clone(),
+        no_masq_cidrs: cidrs,
+        snat_ports: cfg.snat_ports,
+    })
+    .context("writing the pod datapath's node settings")?;
+    if cfg.masquerade {
+        info!(ipv4 = ?masq_ip4, ipv6 = ?masq_ip6, ports = ?cfg.snat_ports, "masquerading pod traffic");
+    }
+    Ok(())
+}
+
+fn cni_error(e: CniErr) -> Response {
+    Response::CniError { code: e.code, msg: e.msg, details: e.details }
+}
+
+/// CNI requests and endpoint listings: they take the pods lock, and the
+/// core lock only after releasing it.
+fn handle_pods(shared: &Shared, req: Request) -> Result<Response, Request> {
+    let t0 = Instant::now();
+    let resp = match req {
+        Request::CniAdd(a) => {
+            let r = shared.pods.lock().unwrap().add(&a);
+            match r {
+                Ok(res) => {
+                    info!(attachment = %a.attachment, device = %res.host_ifname, ips = ?res.ips.iter().map(|i| i.address.clone()).collect::<Vec<_>>(), us = t0.elapsed().as_micros() as u64, "CNI ADD");
+                    Response::CniAdded(res)
+                }
+                Err(e) => {
+                    warn!(attachment = %a.attachment, code = e.code, "CNI ADD failed: {}: {}", e.msg, e.details);
+                    cni_error(e)
+                }
+            }
+        }
+        Request::CniDel(d) => match shared.pods.lock().unwrap().del(&d) {
+            Ok(message) => {
+                info!(us = t0.elapsed().as_micros() as u64, "CNI DEL: {message}");
+                Response::CniDone { message }
+            }
+            Err(e) => cni_error(e),
+        },
+        Request::CniCheck(c) => match shared.pods.lock().unwrap().check(&c) {
+            Ok(message) => Response::CniDone { message },
+            Err(e) => cni_error(e),
+        },
+        Request::CniGc(g) => match shared.pods.lock().unwrap().gc(&g.network, &g.valid) {
+            Ok(message) => {
+                info!("CNI GC: {message}");
+                Response::CniDone { message }
+            }
+            Err(e) => cni_error(e),
+        },
+        Request::CniStatus => {
+            let links = loader::link_status(&shared.cfg.pin_dir);
+            if let Some(l) = links.iter().find(|l| l.state != "attached") {
+                cni_error(CniErr { code: sluice_api::cni_code::PLUGIN_NOT_AVAILABLE, msg: format!("the datapath is not attached: {} is {}", l.program, l.state), details: String::new() })
+            } else {
+                match shared.pods.lock().unwrap().status() {
+                    Ok(message) => Response::CniDone { message },
+                    Err(e) => cni_error(e),
+                }
+            }
+        }
+        Request::Endpoints => {
+            let mut items = shared.pods.lock().unwrap().list(|_, _| Default::default());
+            let core = shared.core.lock().unwrap();
+            for e in &mut items {
+                if let Some(n) = &e.pod_name {
+                    e.labels = core.pod_labels(e.pod_namespace.as_deref().unwrap_or("default"), n);
+                }
+            }
+            Response::Endpoints { items }
+        }
+        other => return Err(other),
+    };
+    Ok(resp)
 }
 
 fn refresh_node_addrs(shared: &Shared) {
@@ -240,7 +376,18 @@ fn terminate_doomed(shared: Arc<Shared>, doomed: Vec<(String, u32, sluice_lb::Ba
 }
 
 fn handle(shared: Arc<Shared>, req: Request) -> Response {
-    let resp = handle_locked(&shared, req);
+    let req = match handle_pods(&shared, req) {
+        Ok(resp) => return resp,
+        Err(req) => req,
+    };
+    let mut resp = handle_locked(&shared, req);
+    // Service backends that are local pods, by name.
+    if let Response::Services { items } = &mut resp {
+        let pods = shared.pods.lock().unwrap();
+        for s in items.iter_mut() {
+            s.backend_pods = s.backends.iter().map(|b| pods.pod_of(b.addr)).collect();
+        }
+    }
     let doomed = shared.core.lock().unwrap().take_doomed();
     if !doomed.is_empty() {
         terminate_doomed(shared, doomed);
@@ -282,6 +429,9 @@ fn handle_locked(shared: &Shared, req: Request) -> Response {
             Ok(dump) => Response::LbDump { text: dump.to_text(), dump },
             Err(e) => error(e),
         },
+        Request::CniAdd(_) | Request::CniDel(_) | Request::CniCheck(_) | Request::CniGc(_) | Request::CniStatus | Request::Endpoints => {
+            unreachable!("handled by handle_pods")
+        }
         Request::Status => {
             let (services, endpoint_slices, frontends, backends) = core.counts();
             let links: Vec<LinkView> = loader::link_status(&shared.cfg.pin_dir)

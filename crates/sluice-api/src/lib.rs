@@ -224,6 +224,10 @@ pub struct ServiceView {
     pub id: u32,
     pub affinity_timeout: Option<u32>,
     pub backends: Vec<BackendKey>,
+    /// For each backend, the local pod (`namespace/name`) that has its
+    /// address, if any.
+    #[serde(default)]
+    pub backend_pods: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

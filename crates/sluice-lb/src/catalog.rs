@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sluice_model::{EndpointSlice, Kind, Object, ObjectRef, Service};
+use sluice_model::{EndpointSlice, Kind, Object, ObjectRef, Pod, Service};
 
 use crate::resolve::{resolve_service, ResolveError};
 use crate::types::{DesiredFrontend, ServiceName};
@@ -13,6 +13,8 @@ pub struct Catalog {
     services: BTreeMap<ServiceName, Service>,
     slices: BTreeMap<ObjectRef, EndpointSlice>,
     slices_by_service: BTreeMap<ServiceName, BTreeSet<ObjectRef>>,
+    /// Pods give endpoints their labels; they touch no service.
+    pods: BTreeMap<ObjectRef, Pod>,
 }
 
 /// `namespace/name` of the service an object is about.
@@ -34,6 +36,10 @@ impl Catalog {
     /// Insert or replace; returns the services whose frontends may change.
     pub fn upsert(&mut self, r: &ObjectRef, obj: Object) -> BTreeSet<ServiceName> {
         let mut touched = self.remove(r);
+        if let Object::Pod(p) = obj {
+            self.pods.insert(r.clone(), p);
+            return touched;
+        }
         if let Some(s) = service_of(r, Some(&obj)) {
             touched.insert(s.clone());
             match obj {
@@ -44,6 +50,7 @@ impl Catalog {
                     self.slices_by_service.entry(s).or_default().insert(r.clone());
                     self.slices.insert(r.clone(), sl);
                 }
+                Object::Pod(_) => unreachable!("pods are handled above"),
             }
         }
         touched
@@ -72,6 +79,9 @@ impl Catalog {
                     }
                 }
             }
+            Kind::Pod => {
+                self.pods.remove(r);
+            }
         }
         touched
     }
@@ -82,6 +92,11 @@ impl Catalog {
 
     pub fn services(&self) -> impl Iterator<Item = (&ServiceName, &Service)> {
         self.services.iter()
+    }
+
+    /// The applied Pod of that namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.get(&ObjectRef::new(Kind::Pod, namespace, name))
     }
 
     pub fn slice(&self, r: &ObjectRef) -> Option<&EndpointSlice> {

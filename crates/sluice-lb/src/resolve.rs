@@ -200,6 +200,7 @@ mod tests {
             match m.object {
                 Object::Service(s) => svc = Some(s),
                 Object::EndpointSlice(s) => slices.push((m.object_ref, s)),
+                Object::Pod(_) => {}
             }
         }
         (svc.unwrap(), slices)

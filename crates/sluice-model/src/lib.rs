@@ -10,10 +10,12 @@ pub mod endpointslice;
 pub mod error;
 pub mod manifest;
 pub mod meta;
+pub mod pod;
 pub mod service;
 
 pub use endpointslice::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 pub use error::{ManifestError, Origin};
 pub use manifest::{parse_documents, Kind, Manifest, Object, ObjectRef};
 pub use meta::ObjectMeta;
+pub use pod::Pod;
 pub use service::{IntOrString, Protocol, Service, ServicePort, ServiceType};

@@ -8,12 +8,14 @@ use serde_json::Value;
 
 use crate::endpointslice::EndpointSlice;
 use crate::error::{Checker, ManifestError, Origin};
+use crate::pod::Pod;
 use crate::service::Service;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Kind {
     Service,
     EndpointSlice,
+    Pod,
 }
 
 impl Kind {
@@ -21,6 +23,7 @@ impl Kind {
         match self {
             Kind::Service => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Pod => "v1",
         }
     }
 
@@ -28,13 +31,15 @@ impl Kind {
         match self {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
         }
     }
 
-    fn from_str(s: &str) -> Option<Kind> {
+    pub fn from_str(s: &str) -> Option<Kind> {
         match s {
             "Service" => Some(Kind::Service),
             "EndpointSlice" => Some(Kind::EndpointSlice),
+            "Pod" => Some(Kind::Pod),
             _ => None,
         }
     }
@@ -69,6 +74,7 @@ impl fmt::Display for ObjectRef {
 pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
+    Pod(Pod),
 }
 
 /// One accepted document: where it came from, its stored form, its typed form.
@@ -148,7 +154,7 @@ pub fn from_value(origin: &Origin, raw: Value) -> Result<Manifest, Vec<ManifestE
         None => return Err(one("kind", "is required".into())),
     };
     let kind = Kind::from_str(&kind_s).ok_or_else(|| {
-        one("kind", format!("unknown kind {kind_s:?}: Sluice accepts Service (v1) and EndpointSlice (discovery.k8s.io/v1)"))
+        one("kind", format!("unknown kind {kind_s:?}: Sluice accepts Service (v1), EndpointSlice (discovery.k8s.io/v1) and Pod (v1, for its labels)"))
     })?;
     match raw.get("apiVersion").and_then(Value::as_str) {
         Some(v) if v == kind.api_version() => {}
@@ -160,16 +166,19 @@ pub fn from_value(origin: &Origin, raw: Value) -> Result<Manifest, Vec<ManifestE
     let typed = match kind {
         Kind::Service => typed::<Service>(&raw).map(Object::Service),
         Kind::EndpointSlice => typed::<EndpointSlice>(&raw).map(Object::EndpointSlice),
+        Kind::Pod => typed::<Pod>(&raw).map(Object::Pod),
     }
     .map_err(|(field, msg)| one(&field, msg))?;
     let (meta, mut c) = match &typed {
         Object::Service(s) => (&s.metadata, Checker::new(origin, name_hint.clone())),
         Object::EndpointSlice(s) => (&s.metadata, Checker::new(origin, name_hint.clone())),
+        Object::Pod(p) => (&p.metadata, Checker::new(origin, name_hint.clone())),
     };
     let object_ref = ObjectRef::new(kind, meta.namespace(), meta.name.clone());
     match &typed {
         Object::Service(s) => s.check(&mut c),
         Object::EndpointSlice(s) => s.check(&mut c),
+        Object::Pod(p) => p.check(&mut c),
     }
     c.finish()?;
     Ok(Manifest { origin: origin.clone(), object_ref, raw, object: typed })

@@ -51,8 +51,11 @@ pub enum StoreError {
     },
 }
 
+/// A handle on the store; clones share one database (redb serialises
+/// write transactions).
+#[derive(Clone)]
 pub struct Store {
-    db: Database,
+    db: std::sync::Arc<Database>,
     path: PathBuf,
 }
 
@@ -68,7 +71,7 @@ impl Store {
             tx.open_table(t.def()).map_err(|e| err(&e))?;
         }
         tx.commit().map_err(|e| err(&e))?;
-        Ok(Store { db, path })
+        Ok(Store { db: std::sync::Arc::new(db), path })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {

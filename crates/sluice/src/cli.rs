@@ -61,6 +61,16 @@ enum Cmd {
     /// Find and end sockets, in every network namespace.
     #[command(subcommand)]
     Socket(SocketCmd),
+    /// Pods on this node that the CNI plugin gave a network.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum EndpointCmd {
+    /// Every endpoint: pod, addresses, host device, labels (from an applied
+    /// v1 Pod of the same namespace and name).
+    List(OutArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -112,6 +122,26 @@ struct AgentArgs {
     /// none (`none` to require spec.clusterIP).
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
+    /// This node's pod address range, for the CNI plugin (`sluice-cni`):
+    /// one IPv4 and/or one IPv6 CIDR, e.g. `--pod-cidr 10.244.1.0/24
+    /// --pod-cidr fd00:10:244:1::/112`. Without it CNI ADD is refused.
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
+    pod_cidrs: Vec<String>,
+    /// Masquerade (SNAT) pod traffic that leaves the node through
+    /// --external-dev to that device's address, in the datapath.
+    #[arg(long, requires = "external_devs")]
+    masquerade: bool,
+    /// The node's external device(s): where pod traffic leaves the node
+    /// and where masquerade programs are attached. Repeatable.
+    #[arg(long = "external-dev", value_name = "DEV")]
+    external_devs: Vec<String>,
+    /// Source ports the datapath uses to masquerade, `FIRST-LAST`. Keep it
+    /// outside net.ipv4.ip_local_port_range so local sockets never collide.
+    #[arg(long, default_value = "61000-65535")]
+    snat_ports: String,
+    /// Tests only: abort during a CNI ADD (`cni-add-after-alloc`, `cni-add-after-link`).
+    #[arg(long, hide = true)]
+    fail_point: Option<String>,
     /// Log filter (tracing syntax), e.g. `info` or `sluice_agent=debug`.
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
@@ -159,6 +189,8 @@ enum GetKind {
     Services,
     #[value(alias = "endpointslice", alias = "eps")]
     Endpointslices,
+    #[value(alias = "pod", alias = "po")]
+    Pods,
 }
 
 #[derive(Args, Debug)]
@@ -230,6 +262,7 @@ pub fn main() -> anyhow::Result<i32> {
                 let kind = match d.raw.get("kind").and_then(|k| k.as_str()) {
                     Some("Service") => Kind::Service,
                     Some("EndpointSlice") => Kind::EndpointSlice,
+                    Some("Pod") => Kind::Pod,
                     _ => unreachable!("read_documents checked the kind"),
                 };
                 let meta = d.raw.get("metadata");
@@ -250,6 +283,7 @@ pub fn main() -> anyhow::Result<i32> {
         Cmd::Status(o) => status(&sock, o.output),
         Cmd::Socket(SocketCmd::Kill(k)) => socket_kill(k),
         Cmd::Socket(SocketCmd::Events(o)) => socket_events(&sock, o.output),
+        Cmd::Endpoint(EndpointCmd::List(o)) => endpoint_list(&sock, o.output),
         Cmd::Datapath(DatapathCmd::Uninstall { bpffs }) => {
             let removed = sluice_datapath::uninstall(&bpffs)?;
             if removed.is_empty() {
@@ -275,6 +309,16 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         "none" => None,
         s => Some(s.parse::<sluice_agent::core::ServiceCidr>().map_err(|e| anyhow::anyhow!("--service-cidr: {e}"))?),
     };
+    let pod_cidrs = a
+        .pod_cidrs
+        .iter()
+        .map(|c| c.parse::<sluice_agent::ipam::Cidr>().map_err(|e| anyhow::anyhow!("--pod-cidr {c}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    sluice_agent::ipam::Ipam::new(&pod_cidrs).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+    let snat_ports = match a.snat_ports.split_once('-').map(|(x, y)| (x.parse::<u16>(), y.parse::<u16>())) {
+        Some((Ok(x), Ok(y))) if 1024 <= x && x <= y => (x, y),
+        _ => bail!("--snat-ports {:?}: give FIRST-LAST with 1024 <= FIRST <= LAST <= 65535, e.g. 61000-65535", a.snat_ports),
+    };
     let cfg = sluice_agent::AgentConfig {
         service_cidr,
         state_dir: a.state_dir,
@@ -282,6 +326,11 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         pin_dir: a.bpffs,
         api_socket,
         node_addr_refresh: Duration::from_secs_f64(a.node_addr_refresh),
+        pod_cidrs,
+        masquerade: a.masquerade,
+        external_devs: a.external_devs,
+        snat_ports,
+        fail_point: a.fail_point,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(sluice_agent::run(cfg))?;
@@ -380,6 +429,7 @@ fn get(sock: &Path, g: GetArgs) -> anyhow::Result<i32> {
     let kind = match g.kind {
         GetKind::Services => Kind::Service,
         GetKind::Endpointslices => Kind::EndpointSlice,
+        GetKind::Pods => Kind::Pod,
     };
     let resp = request(sock, &Request::Get { kind })?;
     let Response::Objects { items } = &resp else { return Ok(fail(&resp, g.out.output)) };
@@ -414,15 +464,26 @@ fn get(sock: &Path, g: GetArgs) -> anyhow::Result<i32> {
                         s(v, "/addressType"),
                         endpoints(v),
                     ],
+                    Kind::Pod => vec![ns_of(v), s(v, "/metadata/name"), labels(v)],
                 })
                 .collect();
             match kind {
                 Kind::Service => table(&["NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)"], &rows),
                 Kind::EndpointSlice => table(&["NAMESPACE", "NAME", "SERVICE", "ADDRESSTYPE", "ENDPOINTS"], &rows),
+                Kind::Pod => table(&["NAMESPACE", "NAME", "LABELS"], &rows),
             }
         }
     }
     Ok(0)
+}
+
+/// `k=v,k2=v2`, as kubectl shows labels.
+fn labels(v: &serde_json::Value) -> String {
+    let Some(m) = v.pointer("/metadata/labels").and_then(|l| l.as_object()) else { return "<none>".into() };
+    if m.is_empty() {
+        return "<none>".into();
+    }
+    m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
 }
 
 fn short(v: &serde_json::Value) -> String {
@@ -479,7 +540,15 @@ fn service_list(sock: &Path, out: Format) -> anyhow::Result<i32> {
             let backends = if v.backends.is_empty() {
                 "<none: connects refused>".to_string()
             } else {
-                v.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+                v.backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| match v.backend_pods.get(i).cloned().flatten() {
+                        Some(pod) => format!("{b} ({pod})"),
+                        None => b.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             let kind = match v.affinity_timeout {
                 Some(t) => format!("{} ({t}s)", v.kind),
@@ -595,6 +664,33 @@ fn socket_kill(k: SocketKillArgs) -> anyhow::Result<i32> {
         if failed > 0 { format!("; {failed} could not be destroyed") } else { String::new() }
     );
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn endpoint_list(sock: &Path, out: Format) -> anyhow::Result<i32> {
+    let resp = request(sock, &Request::Endpoints)?;
+    let Response::Endpoints { items } = &resp else { return Ok(fail(&resp, out)) };
+    if out != Format::Text {
+        json(items);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|e| {
+            let pod = match (&e.pod_namespace, &e.pod_name) {
+                (ns, Some(n)) => format!("{}/{n}", ns.as_deref().unwrap_or("default")),
+                _ => "-".into(),
+            };
+            let labels = if e.labels.is_empty() {
+                "<none>".to_string()
+            } else {
+                e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+            };
+            let cid: String = e.attachment.container_id.chars().take(12).collect();
+            vec![e.id.to_string(), pod, e.ips.join(","), format!("{}/{}", cid, e.attachment.ifname), e.host_ifname.clone(), e.state.clone(), labels]
+        })
+        .collect();
+    table(&["ID", "POD", "ADDRESSES", "CONTAINER/IF", "HOST-DEV", "STATE", "LABELS"], &rows);
+    Ok(0)
 }
 
 fn socket_events(sock: &Path, out: Format) -> anyhow::Result<i32> {
