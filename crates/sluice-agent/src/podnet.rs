@@ -329,4 +329,21 @@ impl PodNet for KernelPodNet {
     fn attached(&mut self) -> Vec<String> {
         self.dp.attached()
     }
+
+    fn host_links(&mut self) -> Result<Vec<String>, String> {
+        nl(None, |h| async move {
+            let mut out = Vec::new();
+            let mut links = h.link().get().execute();
+            while let Some(l) = links.try_next().await.map_err(nlerr("listing devices"))? {
+                for a in &l.attributes {
+                    if let LinkAttribute::IfName(n) = a {
+                        if crate::pods::is_host_ifname(n) {
+                            out.push(n.clone());
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
 }

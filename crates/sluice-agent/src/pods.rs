@@ -5,14 +5,17 @@
 //! the attachment), the pod datapath attached to the host end, and one
 //! endpoint-map entry per address.
 //!
-//! Crash safety: ADD first commits the endpoint record in state `creating`
-//! together with its address allocations (one store transaction), then sets
-//! up the kernel side, then commits state `ready`. An agent that dies in
-//! between finds the `creating` record at its next start and undoes it
-//! (device, datapath entries, addresses), so nothing leaks and no address
-//! is handed out twice. The runtime's DEL or a new ADD then finds a clean
-//! slate. DEL removes the kernel side before it forgets the record, so a
-//! crash during DEL is finished by the next DEL or GC.
+//! Crash safety: ADD allocates in memory, sets up the kernel side, and only
+//! then commits the endpoint record with its address allocations, in one
+//! store transaction (one fsync per ADD). An agent that dies before that
+//! commit has stored nothing; at its next start it removes every host
+//! device of Sluice's naming (`sl` and 12 hex digits) that no record owns,
+//! which takes the pod's end and its addresses along, and every datapath
+//! entry and link pin no record owns. So nothing leaks and no address is
+//! handed out twice; the runtime's DEL or a new ADD then finds a clean
+//! slate. (Records in state `creating`, which older agents wrote, are
+//! undone the same way.) DEL removes the kernel side before it forgets the
+//! record, so a crash during DEL is finished by the next DEL or GC.
 //!
 //! The kernel side is behind [`PodNet`], so this logic is tested without
 //! privileges against a fake.
@@ -74,6 +77,13 @@ pub trait PodNet {
     fn endpoint_ips(&mut self) -> Result<Vec<IpAddr>, String>;
     /// Host devices with pod datapath link pins.
     fn attached(&mut self) -> Vec<String>;
+    /// Host devices named as Sluice names them ([`is_host_ifname`]).
+    fn host_links(&mut self) -> Result<Vec<String>, String>;
+}
+
+/// Whether a device name is of the form [`host_ifname`] gives.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 14 && name.starts_with("sl") && name[2..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +208,14 @@ impl<N: PodNet> Pods<N> {
                 warnings.push(format!("undoing {}: {e}", r.attachment));
             }
         }
+        // Devices of ADDs that a crash interrupted before their commit.
+        for dev in self.net.host_links()? {
+            if !self.records.values().any(|r| r.host_ifname == dev) {
+                warnings.push(format!("removing device {dev}: no endpoint owns it (an ADD interrupted by a crash?)"));
+                self.net.detach(&dev)?;
+                self.net.teardown(&dev)?;
+            }
+        }
         // Make the datapath match the records.
         let mut wanted_ips = BTreeMap::new();
         for r in self.records.values() {
@@ -293,6 +311,7 @@ impl<N: PodNet> Pods<N> {
                 "two attachments hash to the same device name; use another CNI_IFNAME",
             ));
         }
+        let t0 = std::time::Instant::now();
         let owner = req.attachment.to_string();
         let ips = self.ipam.allocate(&owner).map_err(|e| match e {
             IpamError::Exhausted { .. } => CniErr::new(cni_code::POOL_EXHAUSTED, e.to_string(), "delete pods or give the agent a larger --pod-cidr"),
@@ -311,18 +330,16 @@ impl<N: PodNet> Pods<N> {
             link: None,
             state: EpState::Creating,
         };
-        if let Err(e) = self.put(&rec, &ips, &[]) {
-            for ip in &ips {
-                self.ipam.release(*ip);
-            }
-            return Err(e);
-        }
+        // In memory only until the kernel side is done (see the module docs).
         self.records.insert(rec.attachment.clone(), rec.clone());
         self.fail("cni-add-after-alloc");
+        let t_alloc = t0.elapsed();
 
         let spec = self.spec(&rec);
+        let mut t_link = t_alloc;
         let setup = self.net.setup(&spec).and_then(|info| {
             self.fail("cni-add-after-link");
+            t_link = t0.elapsed();
             self.net.attach(&rec.host_ifname, info.host_ifindex)?;
             for ip in &rec.ips {
                 self.net.set_endpoint(*ip, rec.id, &info)?;
@@ -342,7 +359,18 @@ impl<N: PodNet> Pods<N> {
         };
         rec.link = Some(info);
         rec.state = EpState::Ready;
-        self.put(&rec, &[], &[])?;
+        let t_dp = t0.elapsed();
+        if let Err(e) = self.put(&rec, &ips, &[]) {
+            let _ = self.remove(&rec);
+            return Err(e);
+        }
+        tracing::debug!(
+            alloc_us = t_alloc.as_micros() as u64,
+            link_us = (t_link - t_alloc).as_micros() as u64,
+            datapath_us = (t_dp - t_link).as_micros() as u64,
+            commit_us = (t0.elapsed() - t_dp).as_micros() as u64,
+            "ADD phases"
+        );
         self.records.insert(rec.attachment.clone(), rec.clone());
         Ok(self.result(&rec))
     }

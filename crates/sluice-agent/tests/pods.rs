@@ -75,6 +75,9 @@ impl PodNet for Fake {
     fn attached(&mut self) -> Vec<String> {
         self.0.borrow().attached.iter().cloned().collect()
     }
+    fn host_links(&mut self) -> Result<Vec<String>, String> {
+        Ok(self.0.borrow().devices.keys().filter(|d| sluice_agent::pods::is_host_ifname(d)).cloned().collect())
+    }
 }
 
 struct T {
@@ -249,6 +252,12 @@ fn an_add_interrupted_by_a_crash_is_undone_at_restart() {
         k.endpoints.insert("10.0.0.50".parse().unwrap(), 9);
         // And a map entry nobody owns.
         k.endpoints.insert("10.0.0.77".parse().unwrap(), 12);
+        // A device of an ADD that died before its commit, and one not ours.
+        let orphan = host_ifname(&att("died-before-commit"));
+        for d in [orphan.clone(), "eth7".to_string()] {
+            k.devices.insert(d.clone(), (98, LinkSpec { host_ifname: d, pod_ifname: "eth0".into(), netns: t.netns.clone().into(), mtu: 1500, ips: vec![], gateway4: None }));
+        }
+        k.attached.insert(orphan);
     }
     let (mut pods, warnings) = t.pods(DUAL);
     assert!(warnings.iter().any(|w| w.contains("undoing the unfinished ADD of crashed/eth0")), "{warnings:?}");
@@ -258,6 +267,8 @@ fn an_add_interrupted_by_a_crash_is_undone_at_restart() {
         let k = t.k();
         assert!(!k.devices.contains_key(&host));
         assert!(!k.attached.contains(&host));
+        assert!(!k.devices.contains_key(&host_ifname(&att("died-before-commit"))));
+        assert!(k.attached.len() == 1 && k.devices.contains_key("eth7"), "only ours are removed");
         let ips: Vec<String> = k.endpoints.keys().map(|i| i.to_string()).collect();
         assert_eq!(ips.len(), 2, "only keep's two addresses: {ips:?}");
         assert!(!ips.contains(&"10.0.0.50".to_string()) && !ips.contains(&"10.0.0.77".to_string()));
