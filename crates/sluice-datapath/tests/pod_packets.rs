@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use common::*;
 use sluice_datapath::pod::{
     DeviceProgram::{FromPod, HostEgress, HostIngress, ToPod},
-    EndpointEntry, LoadedDevices, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    EndpointEntry, LoadedDevices, NodeConfig, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
 };
 use sluice_lb::{BackendKey, FrontendKey, LbMaps, MapOp, Protocol, Scope, SvcKey, SvcVal};
 
@@ -32,7 +32,6 @@ const POD_B: PodDef = PodDef {
 
 /// Original MACs of a frame a pod sends to its gateway.
 const POD_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
 
 fn ip(s: &str) -> IpAddr {
@@ -433,4 +432,173 @@ fn tcp_fin_and_rst_shorten_the_conntrack_lifetime() {
     let ct = d.pod_datapath().unwrap().ct_entries().unwrap();
     let fwd = ct.iter().find(|e| !e.reverse && e.src == client).unwrap();
     assert!(fwd.closing && fwd.lifetime_s == 10, "{fwd:?}");
+}
+
+// ---------------------------------------------------------- (d) masquerade
+
+const MASQ4: &str = "192.168.50.1";
+const MASQ6: &str = "fd00:50::1";
+
+fn internet(v6: bool) -> &'static str {
+    if v6 {
+        "2001:db8::7"
+    } else {
+        "203.0.113.7"
+    }
+}
+
+fn masq(v6: bool) -> &'static str {
+    if v6 {
+        MASQ6
+    } else {
+        MASQ4
+    }
+}
+
+fn node_config(ports: (u16, u16)) -> NodeConfig {
+    NodeConfig {
+        masquerade: true,
+        masq_ip4: Some(MASQ4.parse().unwrap()),
+        masq_ip6: Some(MASQ6.parse().unwrap()),
+        pod_cidrs: vec![(ip("10.1.0.0"), 16), (ip("fd00:1::"), 64)],
+        no_masq_cidrs: vec![(ip("10.0.0.0"), 8), (ip("172.16.0.0"), 12), (ip("fd00:1::"), 48)],
+        snat_ports: ports,
+    }
+}
+
+/// Send `pkt` out of the node; returns the source it was given.
+fn snat_src(d: &LoadedDevices, pkt: &Pkt, what: &str) -> SocketAddr {
+    let r = d.run(HostEgress, &pkt.build()).unwrap();
+    assert_eq!(r.verdict, TC_ACT_OK, "{what}: verdict {}", verdict_name(r.verdict));
+    let p = checked(&r.packet, what);
+    assert_eq!(p.dst, pkt.dst, "{what}: destination changed");
+    p.src
+}
+
+#[test]
+fn masquerade_snat_and_reverse() {
+    let d = setup();
+    d.pod_datapath().unwrap().set_node_config(&node_config((40000, 40999))).unwrap();
+    for (v6, proto) in combos() {
+        let l = label(v6, proto);
+        let pod = sock(addr(&POD_A, v6), 12345);
+        let server = sock(internet(v6), 443);
+        let out = Pkt::new(&pod.to_string(), &server.to_string(), proto);
+        let r = d.run(HostEgress, &out.build()).unwrap();
+        assert_eq!(r.verdict, TC_ACT_OK, "{l}");
+        let p = checked(&r.packet, &format!("snat-{l}"));
+        assert_eq!(p.src.ip(), ip(masq(v6)), "{l}");
+        let port = p.src.port();
+        assert!((40000..=40999).contains(&port), "{l}: port {port}");
+        // Exactly the input with the new source (checksums from scratch).
+        let expected = out.clone().with_src(p.src);
+        run(&d, &Fixture::new(format!("snat-again-{l}"), HostEgress, out.build(), TC_ACT_OK, Expect::Bytes(expected.build())));
+
+        // The reply gets the pod back as its destination.
+        let reply = Pkt::new(&server.to_string(), &p.src.to_string(), proto);
+        let expected = reply.clone().with_dst(pod);
+        let r = run(&d, &Fixture::new(format!("rev-snat-{l}"), HostIngress, reply.build(), TC_ACT_OK, Expect::Bytes(expected.build())));
+        checked(&r.packet, &format!("rev-snat-{l}"));
+
+        // Not the flow's reply (other remote port): untouched.
+        let stray = Pkt::new(&sock(internet(v6), 444).to_string(), &p.src.to_string(), proto);
+        run(&d, &Fixture::new(format!("rev-snat-stray-{l}"), HostIngress, stray.build(), TC_ACT_OK, Expect::Unchanged));
+    }
+    assert_eq!(metric(&d, "snat"), 8);
+    assert_eq!(metric(&d, "rev_snat"), 4);
+    let nat = d.pod_datapath().unwrap().nat_entries().unwrap();
+    assert_eq!(nat.len(), 8, "{nat:#?}");
+    for e in nat.iter().filter(|e| !e.inbound) {
+        let back = nat.iter().find(|i| i.inbound && i.src == e.dst && i.dst == e.nat && i.proto == e.proto);
+        assert_eq!(back.map(|i| i.nat), Some(e.src), "{e:?}");
+    }
+}
+
+#[test]
+fn masquerade_leaves_exempt_traffic_alone() {
+    let d = setup();
+    let pod = d.pod_datapath().unwrap();
+    pod.set_node_config(&node_config((40000, 40999))).unwrap();
+    for (v6, proto) in combos() {
+        let l = label(v6, proto);
+        let src = sock(addr(&POD_A, v6), 12345).to_string();
+        // Destination in a no-masquerade CIDR.
+        let inside = if v6 { "[fd00:1:0:2::9]:80" } else { "10.200.0.9:80" };
+        run(&d, &Fixture::new(format!("nomasq-dst-{l}"), HostEgress, Pkt::new(&src, inside, proto).build(), TC_ACT_OK, Expect::Unchanged));
+        // Source outside the pod CIDRs (the node itself).
+        let node_src = sock(masq(v6), 5555).to_string();
+        let out = Pkt::new(&node_src, &sock(internet(v6), 443).to_string(), proto);
+        run(&d, &Fixture::new(format!("nomasq-src-{l}"), HostEgress, out.build(), TC_ACT_OK, Expect::Unchanged));
+    }
+    // An IPv4 no-masquerade /0 does not exempt IPv6.
+    let mut c = node_config((40000, 40999));
+    c.no_masq_cidrs = vec![(ip("0.0.0.0"), 0)];
+    pod.set_node_config(&c).unwrap();
+    let v4 = Pkt::tcp(&sock(POD_A.v4, 1000).to_string(), &sock(internet(false), 443).to_string());
+    run(&d, &Fixture::new("nomasq-v4-all", HostEgress, v4.build(), TC_ACT_OK, Expect::Unchanged));
+    let v6 = Pkt::tcp(&sock(POD_A.v6, 1000).to_string(), &sock(internet(true), 443).to_string());
+    assert_eq!(snat_src(&d, &v6, "v4 /0 exempts no IPv6").ip(), ip(MASQ6));
+
+    // No IPv6 masquerade address: IPv6 passes and is counted.
+    let mut c = node_config((40000, 40999));
+    c.masq_ip6 = None;
+    pod.set_node_config(&c).unwrap();
+    let v6b = Pkt::tcp(&sock(POD_A.v6, 1001).to_string(), &sock(internet(true), 443).to_string());
+    run(&d, &Fixture::new("nomasq-no-v6-addr", HostEgress, v6b.build(), TC_ACT_OK, Expect::Unchanged));
+    assert_eq!(metric(&d, "snat_no_addr"), 1);
+
+    // Masquerade off: nothing is translated.
+    let mut c = node_config((40000, 40999));
+    c.masquerade = false;
+    pod.set_node_config(&c).unwrap();
+    let v4b = Pkt::udp(&sock(POD_A.v4, 1002).to_string(), &sock(internet(false), 53).to_string());
+    run(&d, &Fixture::new("masquerade-off", HostEgress, v4b.build(), TC_ACT_OK, Expect::Unchanged));
+    assert_eq!(metric(&d, "snat"), 1);
+}
+
+#[test]
+fn snat_port_exhaustion_drops_with_its_counter() {
+    let d = setup();
+    d.pod_datapath().unwrap().set_node_config(&node_config((40000, 40000))).unwrap();
+    for (v6, proto) in combos() {
+        let l = label(v6, proto);
+        let server = sock(internet(v6), 443).to_string();
+        let first = Pkt::new(&sock(addr(&POD_A, v6), 2000).to_string(), &server, proto);
+        assert_eq!(snat_src(&d, &first, &l), sock(masq(v6), 40000));
+        // A second flow to the same server has no port left.
+        let second = Pkt::new(&sock(addr(&POD_B, v6), 2000).to_string(), &server, proto);
+        run(&d, &Fixture::new(format!("snat-exhausted-{l}"), HostEgress, second.build(), TC_ACT_SHOT, Expect::Any));
+        // The first flow keeps its port.
+        assert_eq!(snat_src(&d, &first, &l), sock(masq(v6), 40000));
+        // Another server: the same port is free there.
+        let elsewhere = second.clone().dst(&sock(internet(v6), 8443).to_string());
+        assert_eq!(snat_src(&d, &elsewhere, &l), sock(masq(v6), 40000));
+    }
+    assert_eq!(metric(&d, "drop_snat_ports_exhausted"), 4);
+}
+
+#[test]
+fn node_config_round_trips_and_rejects_what_does_not_fit() {
+    let d = setup();
+    let pod = d.pod_datapath().unwrap();
+    assert_eq!(pod.node_config().unwrap().masquerade, false);
+    let mut c = node_config((61000, 65535));
+    c.pod_cidrs = vec![(ip("10.1.2.3"), 16), (ip("fd00:1::5"), 64)];
+    pod.set_node_config(&c).unwrap();
+    let back = pod.node_config().unwrap();
+    assert_eq!(back.pod_cidrs, vec![(ip("10.1.0.0"), 16), (ip("fd00:1::"), 64)], "host bits cleared");
+    assert_eq!(back.no_masq_cidrs, c.no_masq_cidrs);
+    assert_eq!((back.masq_ip4, back.masq_ip6, back.snat_ports, back.masquerade), (c.masq_ip4, c.masq_ip6, c.snat_ports, true));
+
+    let mut bad = node_config((40000, 39999));
+    assert!(pod.set_node_config(&bad).is_err(), "empty port range");
+    bad = node_config((0, 10));
+    assert!(pod.set_node_config(&bad).is_err(), "port 0");
+    bad = node_config((1, 10));
+    bad.pod_cidrs = vec![(ip("10.0.0.0"), 33)];
+    assert!(pod.set_node_config(&bad).is_err(), "IPv4 /33");
+    bad.pod_cidrs = vec![(ip("10.0.0.0"), 8); 5];
+    assert!(pod.set_node_config(&bad).is_err(), "five pod CIDRs");
+    // Nothing of a refused configuration was written.
+    assert_eq!(pod.node_config().unwrap(), back);
 }
