@@ -800,9 +800,7 @@ impl LoadedDevices {
             DeviceProgram::HostEgress => &self.host.progs.sl_host_egress,
         };
         let mut out = vec![0u8; packet.len() + 512];
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(packet);
-        input.data_out = Some(&mut out);
+        let input = libbpf_rs::ProgramInput { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
         let o = p.test_run(input).map_err(DatapathError::bpf(format!("test run of {prog:?}")))?;
         let n = o.data.as_ref().map(|d| d.len()).unwrap_or(0);
         let verdict = o.return_value;

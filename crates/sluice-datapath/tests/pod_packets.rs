@@ -66,10 +66,10 @@ fn set_service(d: &LoadedDevices, rev_nat_id: u32, vip: SocketAddr, proto: u8, b
     for (id, b) in backends {
         ops.push(MapOp::UpsertBackend(*id, BackendKey { addr: b.ip(), port: b.port(), proto: proto_of(proto) }));
     }
-    ops.push(MapOp::UpsertRevNat(rev_nat_id, frontend.clone()));
+    ops.push(MapOp::UpsertRevNat(rev_nat_id, frontend));
     for (i, (id, _)) in backends.iter().enumerate() {
         ops.push(MapOp::UpsertService(
-            SvcKey { frontend: frontend.clone(), slot: i as u16 + 1 },
+            SvcKey { frontend, slot: i as u16 + 1 },
             SvcVal { backend_id: *id, count: 0, rev_nat_id, affinity_timeout: 0, flags: 0 },
         ));
     }
@@ -310,8 +310,8 @@ fn nodeport_at_a_node_address_is_translated_too() {
         let frontend = FrontendKey::node_port(v6, 30080, proto_of(proto));
         lb.apply(&[
             MapOp::UpsertBackend(id, BackendKey { addr: ip(addr(&POD_B, v6)), port: 8080, proto: proto_of(proto) }),
-            MapOp::UpsertRevNat(id, frontend.clone()),
-            MapOp::UpsertService(SvcKey { frontend: frontend.clone(), slot: 1 }, SvcVal { backend_id: id, count: 0, rev_nat_id: id, affinity_timeout: 0, flags: 2 }),
+            MapOp::UpsertRevNat(id, frontend),
+            MapOp::UpsertService(SvcKey { frontend, slot: 1 }, SvcVal { backend_id: id, count: 0, rev_nat_id: id, affinity_timeout: 0, flags: 2 }),
             MapOp::UpsertService(SvcKey { frontend, slot: 0 }, SvcVal { backend_id: 0, count: 1, rev_nat_id: id, affinity_timeout: 0, flags: 2 }),
         ])
         .unwrap();
@@ -581,7 +581,7 @@ fn snat_port_exhaustion_drops_with_its_counter() {
 fn node_config_round_trips_and_rejects_what_does_not_fit() {
     let d = setup();
     let pod = d.pod_datapath().unwrap();
-    assert_eq!(pod.node_config().unwrap().masquerade, false);
+    assert!(!pod.node_config().unwrap().masquerade);
     let mut c = node_config((61000, 65535));
     c.pod_cidrs = vec![(ip("10.1.2.3"), 16), (ip("fd00:1::5"), 64)];
     pod.set_node_config(&c).unwrap();

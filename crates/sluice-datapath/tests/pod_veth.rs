@@ -164,8 +164,8 @@ fn tcp_between_pods_through_redirect_peer_and_a_service() {
         .unwrap()
         .apply(&[
             MapOp::UpsertBackend(7, BackendKey { addr: b.ip4, port: 8080, proto: Protocol::TCP }),
-            MapOp::UpsertRevNat(7, frontend.clone()),
-            MapOp::UpsertService(SvcKey { frontend: frontend.clone(), slot: 1 }, SvcVal { backend_id: 7, count: 0, rev_nat_id: 7, affinity_timeout: 0, flags: 0 }),
+            MapOp::UpsertRevNat(7, frontend),
+            MapOp::UpsertService(SvcKey { frontend, slot: 1 }, SvcVal { backend_id: 7, count: 0, rev_nat_id: 7, affinity_timeout: 0, flags: 0 }),
             MapOp::UpsertService(SvcKey { frontend, slot: 0 }, SvcVal { backend_id: 0, count: 1, rev_nat_id: 7, affinity_timeout: 0, flags: 0 }),
         ])
         .unwrap();
