@@ -272,3 +272,37 @@ impl LbMaps for KernelMaps {
         Ok(d)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::METRIC_NAMES;
+
+    /// `METRIC_NAMES` follows `enum sl_metric` in bpf/include/metrics.h:
+    /// same indexes, each name the enumerator's in lower case without
+    /// `SL_M_` (one historical exception), and room in the map.
+    #[test]
+    fn metric_names_follow_the_c_enum() {
+        let h = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bpf/include/metrics.h")).unwrap();
+        let mut seen = 0;
+        let mut max = None;
+        for line in h.lines() {
+            let l = line.trim();
+            let Some(rest) = l.strip_prefix("SL_M_") else { continue };
+            let Some((name, val)) = rest.split_once('=') else { continue };
+            let name = name.trim();
+            let idx: usize = val.trim().trim_end_matches(|c: char| !c.is_ascii_digit()).split(',').next().unwrap().trim().parse().unwrap();
+            if name == "MAX" {
+                max = Some(idx);
+                continue;
+            }
+            let want = match name {
+                "FAMILY_MISMATCH" => "reject_family_mismatch".to_string(),
+                n => n.to_lowercase(),
+            };
+            assert_eq!(METRIC_NAMES.get(idx).copied(), Some(want.as_str()), "SL_M_{name} = {idx}");
+            seen += 1;
+        }
+        assert_eq!(seen, METRIC_NAMES.len(), "every name has an enumerator");
+        assert!(METRIC_NAMES.len() <= max.expect("SL_M_MAX"));
+    }
+}
