@@ -156,6 +156,17 @@ fn tcp_between_pods_through_redirect_peer_and_a_service() {
     // Each connection: SYN, SYN-ACK, ACKs, data both ways, FINs.
     assert!(moved >= 10, "pod_redirect_peer moved by {moved}");
 
+    // An agent restart loads the programs again: the pinned maps are
+    // reused and the new programs swapped into every pinned device link.
+    let (adopted, links) = install_devices(&pin_dir, cookie).expect("installing again");
+    assert!(adopted.iter().any(|m| m == "sl_ep_v1"), "{adopted:?}");
+    assert_eq!(links.len(), 4, "{links:?}");
+    assert!(links.iter().all(|l| l.state == "adopted"), "{links:?}");
+    assert_eq!(pd.endpoints().unwrap().len(), 4);
+    let before = metric(&pin_dir, "pod_redirect_peer");
+    echo_from(&a, to_b4, Duration::from_secs(3)).expect("pod A to pod B after the restart");
+    assert!(metric(&pin_dir, "pod_redirect_peer") > before);
+
     // A service whose backend is pod B: translated per packet (the pods
     // are not in a cgroup with socket hooks), real checksums on the wire.
     let vip: SocketAddr = "10.96.77.7:80".parse().unwrap();
