@@ -21,10 +21,19 @@ pub fn bin(name: &str) -> PathBuf {
     assert!(p.exists(), "{} not built: run `cargo build --workspace` first", p.display());
     // `cargo test -p sluice-e2e` does not rebuild other packages' binaries:
     // refuse to test a binary older than the sources it is built from.
-    if name == "sluice" {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sources: Vec<PathBuf> = match name {
+        "sluice" => vec![root.join("bpf"), root.join("crates")],
+        // Cargo relinks a binary only when its own dependencies change.
+        "sluice-cni" => ["sluice-cni", "sluice-api", "sluice-model", "sluice-lb"]
+            .iter()
+            .map(|c| root.join("crates").join(c))
+            .collect(),
+        _ => vec![],
+    };
+    if !sources.is_empty() {
         let built = std::fs::metadata(&p).and_then(|m| m.modified()).expect("binary mtime");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let newest = newest_mtime(&root.join("bpf")).max(newest_mtime(&root.join("crates")));
+        let newest = sources.iter().map(|d| newest_mtime(d)).max().unwrap();
         assert!(
             newest <= built,
             "{} is older than its sources: run `cargo build --workspace` (or scripts/test.sh) first",
@@ -71,13 +80,25 @@ pub struct Env {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// Flags added to every `sluice agent` start (e.g. `--pod-cidr`); change
+    /// them between [`Env::kill_agent`] and [`Env::start_agent`].
+    pub agent_args: Vec<String>,
+    /// `sluice`, checked fresh once at start: sources edited while a test
+    /// runs must not fail it half-way (or panic in drop and leak).
+    sluice: PathBuf,
     tmp: PathBuf,
     servers: Vec<Spawned>,
 }
 
 impl Env {
     pub fn new(name: &str, pods: usize) -> anyhow::Result<Env> {
+        Env::with_agent_args(name, pods, &[])
+    }
+
+    /// [`Env::new`] with extra `sluice agent` flags.
+    pub fn with_agent_args(name: &str, pods: usize, agent_args: &[&str]) -> anyhow::Result<Env> {
         require_root();
+        let sluice = bin("sluice");
         // `sl-` names: scripts/test.sh checks that none is left behind.
         let topo = Topology::new(&format!("sl-{name}"), pods)?;
         let cgroup = TestCgroup::new(&format!("sl-{name}"))?;
@@ -90,6 +111,8 @@ impl Env {
             state_dir: tmp.join("state"),
             socket: tmp.join("agent.sock"),
             log: tmp.join("agent.log"),
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+            sluice,
             tmp,
             topo,
             cgroup,
@@ -102,8 +125,8 @@ impl Env {
     /// Start the agent in the node's namespace, attached to the test cgroup.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let sluice = bin("sluice");
-        let args = [
+        let sluice = self.sluice.clone();
+        let mut args = vec![
             "agent",
             "--state-dir",
             self.state_dir.to_str().unwrap(),
@@ -119,6 +142,7 @@ impl Env {
             "--service-cidr",
             "198.19.128.0/17",
         ];
+        args.extend(self.agent_args.iter().map(String::as_str));
         let child = sluice_testbed::proc::spawn_in_logged(Some(self.topo.node()), None, &sluice, &args, log)?;
         self.agent = Some(child);
         let t0 = Instant::now();
@@ -142,7 +166,7 @@ impl Env {
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
         let mut a = vec!["--api-socket", self.socket.to_str().unwrap()];
         a.extend_from_slice(args);
-        Ok(std::process::Command::new(bin("sluice")).args(&a).output()?)
+        Ok(std::process::Command::new(&self.sluice).args(&a).output()?)
     }
 
     /// Run the CLI and require success.
@@ -203,7 +227,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.servers.clear();
         self.agent = None;
-        let _ = std::process::Command::new(bin("sluice"))
+        let _ = std::process::Command::new(&self.sluice)
             .args(["datapath", "uninstall", "--bpffs", self.pin_dir.to_str().unwrap()])
             .output();
         let _ = std::fs::remove_dir_all(&self.tmp);
