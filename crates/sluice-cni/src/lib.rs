@@ -165,6 +165,7 @@ fn dispatch(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
                     "the runtime must pass the result of the attachment's ADD as prevResult",
                 ));
             }
+            check_prev_result(conf.prev_result.as_ref().expect("checked above"), &attachment().ifname, &netns())?;
             let req = Request::CniCheck(CniCheck {
                 attachment: attachment(),
                 netns: netns(),
@@ -184,8 +185,31 @@ fn dispatch(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
             })?;
             done(ask(&agent, &Request::CniGc(CniGc { network: conf.name.clone(), valid }), env.command)?)
         }
-        Command::Status => done(ask(&agent, &Request::CniStatus, env.command)?),
+        Command::Status => done(ask(&agent, &Request::CniStatus, env.command)?).map_err(|mut e| {
+            if e.code == INTERNAL {
+                e.code = code::PLUGIN_NOT_AVAILABLE;
+            }
+            e
+        }),
     }
+}
+
+/// CHECK consults `prevResult` for the expected interface: it must list
+/// CNI_IFNAME in CNI_NETNS, as ADD returned it. (The agent compares the
+/// device, addresses and routes with what it set up.)
+fn check_prev_result(prev: &Value, ifname: &str, netns: &str) -> Result<(), CniError> {
+    let listed = prev
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .is_some_and(|ifs| ifs.iter().any(|i| i["name"] == ifname && i["sandbox"] == netns));
+    if listed {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::CHECK_FAILED,
+        format!("prevResult has no interface {ifname} in {netns}"),
+        "CHECK must be given the result of this attachment's ADD (same CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS)",
+    ))
 }
 
 /// ADD and CHECK need the pod's namespace: if it is gone, the container is (3).
@@ -201,16 +225,19 @@ fn netns_exists(path: &str) -> Result<(), CniError> {
 }
 
 /// Send the request; the agent's own CNI errors pass through unchanged.
+/// For STATUS every other failure means "cannot service ADD": code 50.
 fn ask(agent: &Agent, req: &Request, command: Command) -> Result<Response, CniError> {
+    let status = command == Command::Status;
+    let internal = |msg: &str, details: String| {
+        CniError::new(if status { code::PLUGIN_NOT_AVAILABLE } else { INTERNAL }, msg, details)
+    };
     match agent.call(req) {
         Ok(Response::CniError { code, msg, details }) => Err(CniError { code, msg, details }),
-        Ok(Response::Error { message, .. }) => {
-            Err(CniError::new(INTERNAL, "the Sluice agent refused the request", message))
-        }
+        Ok(Response::Error { message, .. }) => Err(internal("the Sluice agent refused the request", message)),
         Ok(r) => Ok(r),
-        Err(e @ CallError::Decode(_)) => Err(CniError::new(INTERNAL, "unexpected reply from the Sluice agent", e.to_string())),
+        Err(e @ CallError::Decode(_)) => Err(internal("unexpected reply from the Sluice agent", e.to_string())),
         Err(e) => {
-            let (c, msg) = if command == Command::Status {
+            let (c, msg) = if status {
                 (code::PLUGIN_NOT_AVAILABLE, "the Sluice agent is not available")
             } else {
                 (code::TRY_AGAIN_LATER, "the Sluice agent is not available; try again later")
@@ -306,6 +333,18 @@ mod tests {
         let f = run_with(&[("CNI_COMMAND", "GC")], &conf("1.1.0")).unwrap_err();
         assert_eq!(f.error.code, 7);
         assert!(f.error.msg.contains("cni.dev/valid-attachments"));
+    }
+
+    #[test]
+    fn check_needs_the_interface_in_prev_result() {
+        let prev = json!({"interfaces": [{"name": "sl1", "mac": "x"}, {"name": "eth0", "sandbox": "/run/netns/a"}]});
+        assert!(check_prev_result(&prev, "eth0", "/run/netns/a").is_ok());
+        for (ifname, netns) in [("eth1", "/run/netns/a"), ("eth0", "/run/netns/b"), ("sl1", "")] {
+            let e = check_prev_result(&prev, ifname, netns).unwrap_err();
+            assert_eq!(e.code, 101, "{ifname} {netns}");
+            assert!(e.msg.contains(ifname), "{e}");
+        }
+        assert_eq!(check_prev_result(&json!({}), "eth0", "/x").unwrap_err().code, 101);
     }
 
     #[test]

@@ -260,8 +260,12 @@ fn no_agent_status_is_50_and_the_rest_11() {
     // DEL after the runtime removed the namespace: no CNI_NETNS is fine (the agent is still needed).
     plugin(&set(env_for("DEL"), "CNI_NETNS", None), &stdin, &[]).cni_error(11);
     let mut c = conf("1.1.0", &t.sock());
-    c["prevResult"] = json!({"cniVersion": "1.1.0", "interfaces": [], "ips": []});
+    c["prevResult"] = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": NETNS}], "ips": []});
     plugin(&env_for("CHECK"), &c.to_string(), &[]).cni_error(11);
+    // A prevResult of another attachment: refused before asking the agent.
+    c["prevResult"] = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "eth0", "sandbox": "/run/netns/other"}]});
+    let v = plugin(&env_for("CHECK"), &c.to_string(), &[]).cni_error(101);
+    assert!(v["msg"].as_str().unwrap().contains("prevResult"), "{v}");
     let mut c = conf("1.1.0", &t.sock());
     c["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
     plugin(&[("CNI_COMMAND", "GC")], &c.to_string(), &[]).cni_error(11);
@@ -390,7 +394,7 @@ fn fake_agent_errors() {
     let status = conf("1.1.0", &t.sock()).to_string();
     plugin(&[("CNI_COMMAND", "STATUS")], &status, &[]).cni_error(50);
     let mut c = conf("1.0.0", &t.sock());
-    c["prevResult"] = json!({"cniVersion": "1.0.0", "interfaces": []});
+    c["prevResult"] = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": NETNS}]});
     plugin(&env_for("CHECK"), &c.to_string(), &[]).cni_error(101);
     let v = plugin(&env_for("ADD"), &stdin, &[]).cni_error(11);
     assert!(v["details"].as_str().unwrap().contains("without answering"), "{v}");
@@ -402,5 +406,19 @@ fn fake_agent_errors() {
     assert!(v["details"].as_str().unwrap().contains("timeoutSeconds"), "{v}");
     plugin(&env_for("DEL"), &stdin, &[]).cni_error(999);
     plugin(&env_for("ADD"), &stdin, &[]).cni_error(999);
+    agent.join().unwrap();
+    // STATUS: whatever the agent says that is not "ready" is 50.
+    let _ = std::fs::remove_file(t.sock());
+    let agent = fake_agent(
+        &t.sock(),
+        vec![
+            (Some(json!({"result": "error", "message": "unknown op", "invalid": []})), Duration::ZERO),
+            (Some(json!({"result": "objects", "items": []})), Duration::ZERO),
+            (Some(json!({"result": "gibberish"})), Duration::ZERO),
+        ],
+    );
+    for _ in 0..3 {
+        plugin(&[("CNI_COMMAND", "STATUS")], &status, &[]).cni_error(50);
+    }
     agent.join().unwrap();
 }
