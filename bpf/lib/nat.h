@@ -133,7 +133,11 @@ static __always_inline int sl_host_out(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	cfg = sl_cfg();
-	if (!cfg || !(cfg->flags & SL_CFG_F_MASQUERADE) || !p.has_l4)
+	if (!cfg || !(cfg->flags & SL_CFG_F_MASQUERADE) || !(p.has_l4 || p.icmp_echo))
+		return TC_ACT_OK;
+	/* An echo reply leaving the node answers a request that came in: not
+	 * a flow the pod started. */
+	if (p.icmp_echo && !p.sport)
 		return TC_ACT_OK;
 	if (!sl_in_pod_cidrs(cfg, &p.saddr) || sl_in_no_masq_cidrs(cfg, &p.daddr))
 		return TC_ACT_OK;
@@ -170,7 +174,7 @@ static __always_inline int sl_host_in(struct __sk_buff *skb)
 		sl_count(SL_M_HOST_MALFORMED_PASSED);
 		return TC_ACT_OK;
 	}
-	if (!p.has_l4)
+	if (!p.has_l4 && !p.icmp_echo)
 		return TC_ACT_OK;
 
 	struct sl_nat_key ik = {

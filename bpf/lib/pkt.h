@@ -26,6 +26,13 @@
 #define IP_MF_			0x2000
 #define IP_OFFSET_		0x1fff
 
+#define IPPROTO_ICMP_		1
+#define IPPROTO_ICMPV6_		58
+#define ICMP_ECHO_REPLY_	0
+#define ICMP_ECHO_REQUEST_	8
+#define ICMPV6_ECHO_REQUEST_	128
+#define ICMPV6_ECHO_REPLY_	129
+
 #define TCP_FLAG_FIN_		0x01
 #define TCP_FLAG_SYN_		0x02
 #define TCP_FLAG_RST_		0x04
@@ -40,6 +47,10 @@ struct sl_pkt {
 	__u8  v6;
 	__u8  has_l4;		/* TCP or UDP header present: ports valid */
 	__u8  tcp_flags;	/* FIN, SYN, RST, ... (TCP only) */
+	__u8  icmp_echo;	/* ICMP(v6) echo: the identifier stands in for a
+				 * port, sport in a request, dport in a reply
+				 * (the other is 0); has_l4 stays 0 */
+	__u8  pad[3];
 	__u32 l4_off;		/* offset of the L4 header from the frame start */
 };
 
@@ -70,6 +81,20 @@ static __always_inline int sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *p, 
 		__builtin_memcpy(&p->sport, &uh[0], 2);
 		__builtin_memcpy(&p->dport, &uh[2], 2);
 		p->has_l4 = 1;
+	} else if (p->proto == (p->v6 ? IPPROTO_ICMPV6_ : IPPROTO_ICMP_)) {
+		__u8 ih[8];
+		__u8 req = p->v6 ? ICMPV6_ECHO_REQUEST_ : ICMP_ECHO_REQUEST_;
+		__u8 rep = p->v6 ? ICMPV6_ECHO_REPLY_ : ICMP_ECHO_REPLY_;
+
+		if (l4_len < 8 || bpf_skb_load_bytes(skb, p->l4_off, ih, sizeof(ih)))
+			return SL_PARSE_MALFORMED;
+		if (ih[0] == req)
+			__builtin_memcpy(&p->sport, &ih[4], 2);
+		else if (ih[0] == rep)
+			__builtin_memcpy(&p->dport, &ih[4], 2);
+		else
+			return SL_PARSE_OK;
+		p->icmp_echo = 1;
 	}
 	return SL_PARSE_OK;
 }
@@ -136,14 +161,26 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
 
 static __always_inline __u32 sl_l4_csum_off(const struct sl_pkt *p)
 {
+	if (p->icmp_echo)
+		return p->l4_off + 2;
 	return p->l4_off + (p->proto == IPPROTO_TCP_ ? 16 : 6);
+}
+
+/* Where the "port" of @src (or the destination) is: for ICMP echo the
+ * identifier, whichever side holds it. */
+static __always_inline __u32 sl_port_off(const struct sl_pkt *p, bool src)
+{
+	if (p->icmp_echo)
+		return p->l4_off + 4;
+	return p->l4_off + (src ? 0 : 2);
 }
 
 /*
  * Replace the source (@src) or destination address and port of a parsed
- * TCP/UDP packet, with the IP and L4 checksums. A UDP/IPv4 checksum of 0
- * ("none") stays 0 (BPF_F_MARK_MANGLED_0). Updates @p. Returns 0 or a
- * negative error from a helper.
+ * TCP/UDP packet (or ICMP echo: the identifier), with the IP and L4
+ * checksums. A UDP/IPv4 checksum of 0 ("none") stays 0
+ * (BPF_F_MARK_MANGLED_0). The ICMPv4 checksum has no pseudo header.
+ * Updates @p. Returns 0 or a negative error from a helper.
  */
 static __always_inline int sl_rewrite(struct __sk_buff *skb, struct sl_pkt *p, bool src,
 				      const union sl_addr *addr, __be16 port)
@@ -160,9 +197,11 @@ static __always_inline int sl_rewrite(struct __sk_buff *skb, struct sl_pkt *p, b
 		__be32 o = old->w[3], n = new_addr.w[3];
 
 		if (o != n) {
-			err = bpf_l4_csum_replace(skb, csum_off, o, n, l4f | BPF_F_PSEUDO_HDR | 4);
-			if (err)
-				return err;
+			if (!p->icmp_echo) {
+				err = bpf_l4_csum_replace(skb, csum_off, o, n, l4f | BPF_F_PSEUDO_HDR | 4);
+				if (err)
+					return err;
+			}
 			err = bpf_l3_csum_replace(skb, ETH_HLEN_ + offsetof(struct iphdr, check), o, n, 4);
 			if (err)
 				return err;
@@ -190,7 +229,7 @@ static __always_inline int sl_rewrite(struct __sk_buff *skb, struct sl_pkt *p, b
 		err = bpf_l4_csum_replace(skb, csum_off, *old_port, port, l4f | 2);
 		if (err)
 			return err;
-		err = bpf_skb_store_bytes(skb, p->l4_off + (src ? 0 : 2), &port, 2, 0);
+		err = bpf_skb_store_bytes(skb, sl_port_off(p, src), &port, 2, 0);
 		if (err)
 			return err;
 		*old_port = port;

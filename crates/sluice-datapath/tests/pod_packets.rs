@@ -602,3 +602,31 @@ fn node_config_round_trips_and_rejects_what_does_not_fit() {
     // Nothing of a refused configuration was written.
     assert_eq!(pod.node_config().unwrap(), back);
 }
+
+#[test]
+fn masquerade_icmp_echo_by_identifier() {
+    let d = setup();
+    d.pod_datapath().unwrap().set_node_config(&node_config((40000, 40999))).unwrap();
+    for v6 in [false, true] {
+        let l = if v6 { "icmpv6" } else { "icmp" };
+        let pod = addr(&POD_A, v6);
+        let request = Pkt::new(&sock(pod, 777).to_string(), &sock(internet(v6), 0).to_string(), ICMP);
+        let r = d.run(HostEgress, &request.build()).unwrap();
+        assert_eq!(r.verdict, TC_ACT_OK, "{l}");
+        let p = checked(&r.packet, &format!("snat-{l}"));
+        assert_eq!(p.src.ip(), ip(masq(v6)), "{l}");
+        let id = p.src.port();
+        assert!((40000..=40999).contains(&id), "{l}: identifier {id}");
+        run(&d, &Fixture::new(format!("snat-{l}-exact"), HostEgress, request.build(), TC_ACT_OK, Expect::Bytes(request.clone().with_src(p.src).build())));
+
+        // The echo reply goes back to the pod with its own identifier.
+        let reply = Pkt::new(&sock(internet(v6), 0).to_string(), &sock(masq(v6), id).to_string(), ICMP);
+        let expected = reply.clone().with_dst(sock(pod, 777));
+        run(&d, &Fixture::new(format!("rev-snat-{l}"), HostIngress, reply.build(), TC_ACT_OK, Expect::Bytes(expected.build())));
+        // An echo reply leaving the node (the node answering a ping) is not masqueraded.
+        let answer = Pkt::new(&sock(pod, 0).to_string(), &sock(internet(v6), 5).to_string(), ICMP);
+        run(&d, &Fixture::new(format!("echo-reply-out-{l}"), HostEgress, answer.build(), TC_ACT_OK, Expect::Unchanged));
+    }
+    assert_eq!(metric(&d, "snat"), 4);
+    assert_eq!(metric(&d, "rev_snat"), 2);
+}

@@ -17,6 +17,11 @@ pub fn require_root() {
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
+/// ICMP echo, either family (58 on the wire for IPv6). As in the
+/// datapath, the identifier is the source "port" of a request and the
+/// destination "port" of a reply; the other port is 0.
+pub const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
 
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
@@ -80,7 +85,37 @@ impl Pkt {
         self
     }
 
+    fn wire_proto(&self) -> u8 {
+        if self.proto == ICMP && self.src.is_ipv6() {
+            ICMPV6
+        } else {
+            self.proto
+        }
+    }
+
+    fn icmp(&self) -> Vec<u8> {
+        let request = self.src.port() != 0;
+        let v6 = self.src.is_ipv6();
+        let ty = match (v6, request) {
+            (false, true) => 8,
+            (false, false) => 0,
+            (true, true) => 128,
+            (true, false) => 129,
+        };
+        let id = if request { self.src.port() } else { self.dst.port() };
+        let mut m = vec![ty, 0, 0, 0];
+        m.extend(id.to_be_bytes());
+        m.extend(7u16.to_be_bytes()); // sequence
+        m.extend(&self.payload);
+        let c = if v6 { checksum(&m, pseudo(self.src.ip(), self.dst.ip(), ICMPV6, m.len())) } else { checksum(&m, 0) };
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        m
+    }
+
     fn l4(&self) -> Vec<u8> {
+        if self.proto == ICMP {
+            return self.icmp();
+        }
         let mut l4 = Vec::new();
         l4.extend(self.src.port().to_be_bytes());
         l4.extend(self.dst.port().to_be_bytes());
@@ -116,7 +151,7 @@ impl Pkt {
                 ip.extend(0x1234u16.to_be_bytes());
                 ip.extend(0x4000u16.to_be_bytes()); // DF
                 ip.push(64);
-                ip.push(self.proto);
+                ip.push(self.wire_proto());
                 ip.extend([0, 0]);
                 ip.extend(s.octets());
                 ip.extend(d.octets());
@@ -128,7 +163,7 @@ impl Pkt {
                 f.extend(0x86ddu16.to_be_bytes());
                 f.extend(0x6000_0000u32.to_be_bytes());
                 f.extend((l4.len() as u16).to_be_bytes());
-                f.push(self.proto);
+                f.push(self.wire_proto());
                 f.push(64);
                 f.extend(s.octets());
                 f.extend(d.octets());
@@ -231,6 +266,20 @@ pub fn parse_and_verify(f: &[u8]) -> Result<Parsed, String> {
         }
         other => return Err(format!("ethertype {other:#06x}")),
     };
+    if proto == ICMP || proto == ICMPV6 {
+        let mut zeroed = l4.to_vec();
+        zeroed[2] = 0;
+        zeroed[3] = 0;
+        let want = if proto == ICMPV6 { checksum(&zeroed, pseudo(src_ip, dst_ip, ICMPV6, l4.len())) } else { checksum(&zeroed, 0) };
+        let stored = u16::from_be_bytes([l4[2], l4[3]]);
+        if stored != want {
+            return Err(format!("bad ICMP checksum {stored:#06x}, recomputed {want:#06x}"));
+        }
+        let id = u16::from_be_bytes([l4[4], l4[5]]);
+        let request = l4[0] == 8 || l4[0] == 128;
+        let (sp, dp) = if request { (id, 0) } else { (0, id) };
+        return Ok(Parsed { dst_mac, src_mac, src: SocketAddr::new(src_ip, sp), dst: SocketAddr::new(dst_ip, dp), proto: ICMP });
+    }
     let csum_off = if proto == TCP { 16 } else { 6 };
     let stored = u16::from_be_bytes([l4[csum_off], l4[csum_off + 1]]);
     let mut zeroed = l4.to_vec();
