@@ -215,6 +215,15 @@ enum BpfCmd {
     /// Load-balancing maps.
     #[command(subcommand)]
     Lb(BpfLbCmd),
+    /// The endpoint map: pod addresses the pod datapath delivers to directly.
+    #[command(subcommand)]
+    Ep(BpfListCmd),
+    /// Conntrack of per-packet service translation at pod devices (sl_ct_v1).
+    #[command(subcommand)]
+    Ct(BpfFilteredCmd),
+    /// The masquerade table (sl_snat_v1).
+    #[command(subcommand)]
+    Nat(BpfFilteredCmd),
     /// Datapath counters, by reason.
     Metrics(BpfArgs),
 }
@@ -223,6 +232,51 @@ enum BpfCmd {
 enum BpfLbCmd {
     /// Raw contents of the service, backend, reverse-NAT and affinity-match maps.
     List(BpfArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfListCmd {
+    /// Every entry, decoded.
+    List(BpfArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum BpfFilteredCmd {
+    /// Every entry, decoded; filters narrow it down.
+    List(BpfFilterArgs),
+}
+
+#[derive(Args, Debug)]
+struct BpfFilterArgs {
+    #[command(flatten)]
+    bpf: BpfArgs,
+    /// Only entries with this address (source, destination or translated).
+    #[arg(long)]
+    addr: Option<std::net::IpAddr>,
+    /// Only entries with this port (source, destination or translated).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Only this protocol.
+    #[arg(long, value_parser = ["tcp", "udp", "icmp", "icmpv6"])]
+    proto: Option<String>,
+}
+
+impl BpfFilterArgs {
+    fn keep(&self, addrs: &[std::net::SocketAddr], proto: u8) -> bool {
+        self.addr.map(|a| addrs.iter().any(|s| s.ip() == a)).unwrap_or(true)
+            && self.port.map(|p| addrs.iter().any(|s| s.port() == p)).unwrap_or(true)
+            && self.proto.as_deref().map(|p| proto_name(proto) == p).unwrap_or(true)
+    }
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        58 => "icmpv6",
+        _ => "other",
+    }
 }
 
 #[derive(Args, Debug)]
@@ -280,6 +334,9 @@ pub fn main() -> anyhow::Result<i32> {
         Cmd::Service(ServiceCmd::List(o)) => service_list(&sock, o.output),
         Cmd::Bpf(BpfCmd::Lb(BpfLbCmd::List(b))) => bpf_lb_list(&b),
         Cmd::Bpf(BpfCmd::Metrics(b)) => bpf_metrics(&b),
+        Cmd::Bpf(BpfCmd::Ep(BpfListCmd::List(b))) => bpf_ep_list(&b),
+        Cmd::Bpf(BpfCmd::Ct(BpfFilteredCmd::List(f))) => bpf_ct_list(&f),
+        Cmd::Bpf(BpfCmd::Nat(BpfFilteredCmd::List(f))) => bpf_nat_list(&f),
         Cmd::Status(o) => status(&sock, o.output),
         Cmd::Socket(SocketCmd::Kill(k)) => socket_kill(k),
         Cmd::Socket(SocketCmd::Events(o)) => socket_events(&sock, o.output),
@@ -558,6 +615,80 @@ fn service_list(sock: &Path, out: Format) -> anyhow::Result<i32> {
         })
         .collect();
     table(&["ID", "FRONTEND", "SERVICE", "FLAGS", "BACKENDS"], &rows);
+    Ok(0)
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn bpf_ep_list(b: &BpfArgs) -> anyhow::Result<i32> {
+    let dp = sluice_datapath::pod::PodDatapath::open(&b.bpffs)?;
+    let mut eps = dp.endpoints()?;
+    eps.sort_by_key(|(ip, e)| (e.id, *ip));
+    if b.out.output != Format::Text {
+        let v: Vec<serde_json::Value> = eps
+            .iter()
+            .map(|(ip, e)| serde_json::json!({"address": ip, "id": e.id, "host_ifindex": e.host_ifindex, "host_mac": mac(&e.host_mac), "pod_mac": mac(&e.pod_mac)}))
+            .collect();
+        json(&v);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> =
+        eps.iter().map(|(ip, e)| vec![ip.to_string(), e.id.to_string(), e.host_ifindex.to_string(), mac(&e.host_mac), mac(&e.pod_mac)]).collect();
+    table(&["ADDRESS", "ENDPOINT", "HOST-IFINDEX", "HOST-MAC", "POD-MAC"], &rows);
+    Ok(0)
+}
+
+/// Seconds since boot (CLOCK_MONOTONIC), to show entries' age.
+fn mono_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64).unwrap_or(0)
+}
+
+fn age(last_seen_ns: u64, lifetime_s: u32) -> (String, String) {
+    let age = mono_ns().saturating_sub(last_seen_ns) / 1_000_000_000;
+    let state = if age > lifetime_s as u64 { "expired".to_string() } else { format!("{}s left", lifetime_s as u64 - age) };
+    (format!("{age}s"), state)
+}
+
+fn bpf_ct_list(f: &BpfFilterArgs) -> anyhow::Result<i32> {
+    let dp = sluice_datapath::pod::PodDatapath::open(&f.bpf.bpffs)?;
+    let entries: Vec<_> = dp.ct_entries()?.into_iter().filter(|e| f.keep(&[e.src, e.dst, e.nat], e.proto)).collect();
+    if f.bpf.out.output != Format::Text {
+        json(&entries);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let (a, state) = age(e.last_seen_ns, e.lifetime_s);
+            let dir = if e.reverse { "reply" } else { "original" };
+            let nat = if e.reverse { format!("src -> {}", e.nat) } else { format!("dst -> {}", e.nat) };
+            vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, e.backend_id.to_string(), a, format!("{state}{}", if e.closing { ", closing" } else { "" })]
+        })
+        .collect();
+    table(&["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "BACKEND", "IDLE", "STATE"], &rows);
+    println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+    Ok(0)
+}
+
+fn bpf_nat_list(f: &BpfFilterArgs) -> anyhow::Result<i32> {
+    let dp = sluice_datapath::pod::PodDatapath::open(&f.bpf.bpffs)?;
+    let entries: Vec<_> = dp.nat_entries()?.into_iter().filter(|e| f.keep(&[e.src, e.dst, e.nat], e.proto)).collect();
+    if f.bpf.out.output != Format::Text {
+        json(&entries);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let (a, state) = age(e.last_seen_ns, e.lifetime_s);
+            let (dir, nat) = if e.inbound { ("reply", format!("dst -> {}", e.nat)) } else { ("original", format!("src -> {}", e.nat)) };
+            vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, a, format!("{state}{}", if e.closing { ", closing" } else { "" })]
+        })
+        .collect();
+    table(&["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "IDLE", "STATE"], &rows);
+    println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
     Ok(0)
 }
 
