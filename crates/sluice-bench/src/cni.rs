@@ -18,8 +18,8 @@
 //!
 //! The contenders run interleaved: ADDs and DELs in blocks of ten pods,
 //! latency and throughput in rounds, the order alternating, so that whatever
-//! else the machine does hits both alike. Clients are pinned to CPU 1,
-//! servers to CPU 0. Sluice's pod processes run in the agent's cgroup (its
+//! else the machine does hits both alike. Clients and servers are pinned to
+//! CPU 1 (see --server-cpu). Sluice's pod processes run in the agent's cgroup (its
 //! socket hooks run for them, as on a node where every pod is under the
 //! cgroup Sluice attaches to).
 
@@ -68,17 +68,30 @@ pub struct CniArgs {
     #[arg(long, default_value_t = 10)]
     rounds: usize,
     /// iperf3 runs per contender (alternating).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     iperf_rounds: usize,
     /// Seconds per iperf3 run (after one omitted second of slow start).
     #[arg(long, default_value_t = 3)]
     iperf_secs: u64,
+    /// CPU the clients (latency, iperf3 -c) are pinned to.
+    #[arg(long, default_value = "1")]
+    client_cpu: String,
+    /// CPU the servers (sluice-probe, iperf3 -s) are pinned to. The same
+    /// as the clients' by default: on a small VM a wake-up on another CPU
+    /// costs ~100 us (an IPI through the hypervisor) and its noise swamps
+    /// the path; on one CPU, latency and throughput measure the path's cost.
+    #[arg(long, default_value = "1")]
+    server_cpu: String,
     /// Where the reference plugins are (Debian's containernetworking-plugins).
     #[arg(long, default_value = "/usr/lib/cni")]
     cni_plugin_dir: PathBuf,
     /// Write the results as JSON here.
     #[arg(long, default_value = "bench/cni.json")]
     out: PathBuf,
+    /// Copy the Sluice agent's log here at the end (with SLUICE_LOG=sluice_agent=debug
+    /// it has each ADD's phase timings).
+    #[arg(long)]
+    agent_log: Option<PathBuf>,
 }
 
 /// A CNI plugin and how a runtime would call it. Both contenders are driven
@@ -252,23 +265,23 @@ impl Side<'_> {
 
     /// Latency samples (ns) from the bench's own clients: `__client` (new
     /// connection each) or `__rr` (one held connection), pod 0 to pod 1.
-    fn samples(&self, mode: &str, count: usize, warmup: usize) -> anyhow::Result<Vec<u64>> {
+    fn samples(&self, cpu: &str, mode: &str, count: usize, warmup: usize) -> anyhow::Result<Vec<u64>> {
         let me = std::env::current_exe()?;
         let (c, w, to) = (count.to_string(), warmup.to_string(), self.addr(1, PORT));
-        let out = self.run_pod(0, "1", me.to_str().unwrap(), &[mode, &c, &w, &to], Duration::from_secs(600))?;
+        let out = self.run_pod(0, cpu, me.to_str().unwrap(), &[mode, &c, &w, &to], Duration::from_secs(600))?;
         let v: Value = serde_json::from_str(&out)?;
         Ok(v["samples_ns"][0].as_array().context("samples")?.iter().filter_map(Value::as_u64).collect())
     }
 
     /// One iperf3 run, pod 0 to pod 1: (Gbit/s received, retransmits).
-    fn iperf(&self, secs: u64) -> anyhow::Result<(f64, u64)> {
+    fn iperf(&self, cpu: &str, secs: u64) -> anyhow::Result<(f64, u64)> {
         let (ip, s) = (self.pods[1].ip.unwrap().to_string(), secs.to_string());
         let port = IPERF_PORT.to_string();
         let args = ["-c", ip.as_str(), "-p", port.as_str(), "-t", s.as_str(), "-O", "1", "-J"];
         let mut last = None;
         // The server may still be starting: a few tries, a fifth of a second apart.
         for _ in 0..25 {
-            match self.run_pod(0, "1", "iperf3", &args, Duration::from_secs(secs + 30)) {
+            match self.run_pod(0, cpu, "iperf3", &args, Duration::from_secs(secs + 30)) {
                 Ok(out) => {
                     let v: Value = serde_json::from_str(&out)?;
                     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3: no end.sum_received")?;
@@ -363,10 +376,12 @@ struct SideResult {
     retransmits: Vec<u64>,
     /// Veths left in the node namespace after every DEL (should be 0).
     veths_after_del: usize,
+    /// Sluice's datapath counters after the traffic (non-zero ones), to
+    /// show which path the packets took (pod_redirect_peer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counters: Option<Value>,
     /// Per round p50s (µs), for the paired ratios.
-    #[serde(skip)]
     round_connect_p50: Vec<f64>,
-    #[serde(skip)]
     round_held_p50: Vec<f64>,
 }
 
@@ -460,7 +475,7 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
             Some(&s.pods[1].netns),
             s.cg,
             Path::new("taskset"),
-            &["-c", "0", probe.to_str().unwrap(), "serve", "--name", "pod1", "--tcp", &a],
+            &["-c", &args.server_cpu, probe.to_str().unwrap(), "serve", "--name", "pod1", "--tcp", &a],
         )?;
         s.servers.push(srv);
         let log = std::fs::File::create(dir.join(format!("iperf3-{}.log", s.c.name)))?;
@@ -469,7 +484,7 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
             Some(&s.pods[1].netns),
             s.cg,
             Path::new("taskset"),
-            &["-c", "0", "iperf3", "-s", "-B", &ip, "-p", &port],
+            &["-c", &args.server_cpu, "iperf3", "-s", "-B", &ip, "-p", &port],
             log,
         )?;
         s.servers.push(srv);
@@ -489,10 +504,10 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
     let per_rr = (args.rr_samples / args.rounds).max(1);
     for r in 0..args.rounds {
         for k in order(r, sides.len()) {
-            let c = sides[k].samples("__client", per, (per / 5).max(5))?;
+            let c = sides[k].samples(&args.client_cpu, "__client", per, (per / 5).max(5))?;
             res[k].round_connect_p50.push(lat(&c).p50_us);
             conn[k].extend(c);
-            let h = sides[k].samples("__rr", per_rr, (per_rr / 10).max(10))?;
+            let h = sides[k].samples(&args.client_cpu, "__rr", per_rr, (per_rr / 10).max(10))?;
             res[k].round_held_p50.push(lat(&h).p50_us);
             held[k].extend(h);
         }
@@ -510,7 +525,7 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
     // 3. Throughput, pod 0 -> pod 1.
     for r in 0..args.iperf_rounds {
         for k in order(r, sides.len()) {
-            let (g, re) = sides[k].iperf(args.iperf_secs)?;
+            let (g, re) = sides[k].iperf(&args.client_cpu, args.iperf_secs)?;
             eprintln!("   {:<7} iperf3 run {}: {g:.2} Gbit/s, {re} retransmits", sides[k].c.name, r + 1);
             res[k].gbps.push(g);
             res[k].retransmits.push(re);
@@ -518,6 +533,14 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
     }
     for s in &mut sides {
         s.servers.clear();
+    }
+    for (k, s) in sides.iter().enumerate() {
+        if let Some(a) = &s.agent {
+            let v: Value = serde_json::from_str(&a.cli(&["status", "-o", "json"])?)?;
+            let c = nonzero_counters(&v);
+            eprintln!("   {:<7} datapath counters: {c}", s.c.name);
+            res[k].counters = Some(c);
+        }
     }
 
     // 4. DEL every pod, the same way as ADD.
@@ -540,10 +563,13 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
         );
     }
     let agent_log = sides.iter().find_map(|s| s.agent.as_ref()).map(|_| dir.join("agent-cni.log"));
-    if let Some(l) = agent_log.filter(|_| res.iter().any(|r| r.veths_after_del > 0)) {
+    if let Some(l) = agent_log.as_ref().filter(|_| res.iter().any(|r| r.veths_after_del > 0)) {
         eprintln!("agent log:\n{}", std::fs::read_to_string(l).unwrap_or_default());
     }
     drop(sides);
+    if let (Some(from), Some(to)) = (&agent_log, &args.agent_log) {
+        std::fs::copy(from, to).with_context(|| format!("copying the agent log to {}", to.display()))?;
+    }
 
     let ratios = ratios(&res);
     report(&res, &ratios, &args);
@@ -564,6 +590,8 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
             "rounds": args.rounds,
             "iperf_rounds": args.iperf_rounds,
             "iperf_secs": args.iperf_secs,
+            "client_cpu": args.client_cpu,
+            "server_cpu": args.server_cpu,
             "contenders": res,
             "sluice_vs_bridge": ratios,
         }))?,
@@ -571,6 +599,20 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
     .with_context(|| format!("writing {}", args.out.display()))?;
     eprintln!("results written to {}", args.out.display());
     Ok(())
+}
+
+/// The non-zero counters of `sluice status -o json`, as {name: n}.
+fn nonzero_counters(status: &Value) -> Value {
+    let c = status.get("counters").or_else(|| status.pointer("/status/counters"));
+    let mut m = serde_json::Map::new();
+    for pair in c.and_then(Value::as_array).into_iter().flatten() {
+        if let (Some(name), Some(n)) = (pair[0].as_str(), pair[1].as_u64()) {
+            if n > 0 {
+                m.insert(name.to_string(), n.into());
+            }
+        }
+    }
+    Value::Object(m)
 }
 
 /// Sluice / bridge for every figure (lower is better for times, higher for
@@ -626,7 +668,7 @@ fn report(res: &[SideResult], r: &Option<Ratios>, args: &CniArgs) {
     };
     let rat = |f: &dyn Fn(&Ratios) -> f64| r.as_ref().map(|r| format!("{:.2}", f(r))).unwrap_or_else(|| "-".into());
     println!("\n### Pod networking: Sluice vs bridge + host-local, {} pods each\n", args.pods);
-    println!("| | bridge + host-local | Sluice | Sluice / bridge |");
+    println!("| | bridge + host-local | Sluice | Sluice / bridge (p50 latency and throughput: median of per-round ratios) |");
     println!("|---|---:|---:|---:|");
     type Row<'a> = (&'a str, &'a dyn Fn(&SideResult) -> f64, usize, &'a dyn Fn(&Ratios) -> f64);
     let rows: Vec<Row> = vec![
