@@ -759,3 +759,79 @@ fn a_hundred_pods() {
     }
     eprintln!("100 pods: ADD {add_time:?}, DEL {del_time:?} (with namespace creation in ADD)");
 }
+
+/// A TCP server in `ns` that answers every connection with the address it
+/// sees the client at (the first line), for `n` connections.
+fn peer_reporter(ns: &Netns, addr: &str, n: usize) -> std::thread::JoinHandle<()> {
+    let addr = addr.to_string();
+    let l = ns.enter(move || std::net::TcpListener::bind(&addr).unwrap());
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut s, peer)) = l.accept() else { return };
+            let _ = s.write_all(format!("{}\n", peer.ip()).as_bytes());
+        }
+    })
+}
+
+#[test]
+fn masquerade_to_outside_the_node() {
+    let mut n = Node::new("masq", 74);
+    // A host outside the node: its own namespace, a link to the node, and no
+    // route back to the pods. Replies reach a pod only if the node
+    // masqueraded its traffic.
+    let ext = Netns::new("sl-cni-ext").unwrap();
+    ext.sysctl("net.ipv6.conf.all.accept_dad", "0").unwrap();
+    ext.sysctl("net.ipv6.conf.default.accept_dad", "0").unwrap();
+    let node = n.env.topo.node();
+    node.ip_batch(&[
+        format!("link add ext0 type veth peer name eth0 netns {}", ext.name()),
+        "addr add 198.18.200.1/24 dev ext0".to_string(),
+        "addr add fd00:5c:200::1/64 dev ext0 nodad".to_string(),
+        "link set ext0 up".to_string(),
+    ])
+    .unwrap();
+    ext.ip_batch(&["addr add 198.18.200.2/24 dev eth0", "addr add fd00:5c:200::2/64 dev eth0 nodad", "link set eth0 up"]).unwrap();
+    let a = n.add_pod();
+    let (a4, a6) = (n.pods[a].ip4(), n.pods[a].ip6());
+    // Six answered connections each (the first IPv4 attempt never completes).
+    let servers = [peer_reporter(&ext, "198.18.200.2:9000", 6), peer_reporter(&ext, "[fd00:5c:200::2]:9000", 6)];
+
+    // Without masquerade the outside host cannot answer.
+    let v = n.connect(n.pods[a].ns(), "198.18.200.2:9000", 1, false);
+    assert_eq!(errors(&v).len(), 1, "no route back to {a4}, so no answer: {v}");
+
+    // With it (agent restarted: the pod and its datapath stay), both
+    // families reach the outside host from the node's external address.
+    n.env.kill_agent();
+    n.env.agent_args.extend(["--masquerade", "--external-dev", "ext0"].map(String::from));
+    n.env.start_agent().unwrap();
+    for (to, seen) in [("198.18.200.2:9000", "198.18.200.1"), ("[fd00:5c:200::2]:9000", "fd00:5c:200::1")] {
+        for in_cgroup in [false, true] {
+            let v = n.connect(n.pods[a].ns(), to, 3, in_cgroup);
+            assert!(errors(&v).is_empty(), "{to}: {v}\n{}", n.agent_log());
+            assert_eq!(backends(&v), vec![seen; 3], "the outside host sees the node's address: {v}");
+        }
+    }
+    let nat = n.env.ok(&["bpf", "nat", "list", "--bpffs", n.env.pin_dir().to_str().unwrap(), "-o", "json"]);
+    let nat: Value = json_of(&nat);
+    let from_pod: Vec<&Value> = nat.as_array().unwrap().iter().filter(|e| e["inbound"] == false).collect();
+    assert!(from_pod.iter().any(|e| e["src"].as_str().unwrap().starts_with(&a4)), "{nat}");
+    assert!(from_pod.iter().any(|e| e["src"].as_str().unwrap().contains(&a6)), "{nat}");
+    for e in &from_pod {
+        let port: u16 = e["nat"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        assert!((61000..=65535).contains(&port), "SNAT port from --snat-ports: {e}");
+    }
+    let metrics = n.env.ok(&["bpf", "metrics", "--bpffs", n.env.pin_dir().to_str().unwrap()]);
+    let count = |name: &str| -> u64 {
+        metrics.lines().find(|l| l.split_whitespace().next() == Some(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    assert!(count("snat") >= 12 && count("rev_snat") >= 12, "{metrics}");
+    for s in servers {
+        s.join().unwrap();
+    }
+    // Traffic to the node itself is not masqueraded.
+    let at_node = peer_reporter(n.env.topo.node(), &format!("{NODE_IP4}:9001"), 1);
+    let v = n.connect(n.pods[a].ns(), &format!("{NODE_IP4}:9001"), 1, false);
+    assert_eq!(backends(&v), vec![a4.clone()], "{v}");
+    at_node.join().unwrap();
+}
