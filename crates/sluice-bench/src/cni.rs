@@ -580,6 +580,7 @@ pub fn run(args: CniArgs) -> anyhow::Result<()> {
         &args.out,
         serde_json::to_string_pretty(&json!({
             "machine": crate::machine(),
+            "commit": first_line("git", &["rev-parse", "--short", "HEAD"]),
             "loadavg_before": load_before.trim(),
             "loadavg_after": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
             "iperf3": iperf_version,
