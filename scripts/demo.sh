@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sluice in two minutes, on this machine, touching nothing of the host's
-# network: a client pod and three backend pods in throwaway namespaces, the
-# agent in a "node" namespace with the socket hooks on a cgroup of its own.
+# network: a client pod and three backend pods in throwaway namespaces, given
+# their network by the CNI plugin, the agent in a "node" namespace with the
+# socket hooks on a cgroup of its own.
 # Everything is removed at the end, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ step "building (cargo build --release)"
 cargo build --release --locked --bins 2>&1 | tail -n 2
 S=$PWD/target/release/sluice
 PROBE=$PWD/target/release/sluice-probe
+CNI=$PWD/target/release/sluice-cni
 
 ID=sluice-demo-$$
 TMP=$(mktemp -d /tmp/$ID.XXXX)
@@ -41,44 +43,67 @@ trap 'exit 130' INT TERM
 in_pod() { local n=$1; shift; sh -c 'echo $$ > "$0/cgroup.procs"; shift; exec "$@"' "$CG" x nsenter --net="/run/netns/$ID-$n" "$@"; }
 sl() { "$S" --api-socket "$SOCK" "$@"; }
 
-step "topology: client + 3 backend pods, routed through a node namespace"
+step "topology: a node namespace and four empty pod namespaces (client, be1-3)"
 for n in "${NS[@]}"; do ip netns add "$ID-$n"; ip -n "$ID-$n" link set lo up; done
 ip netns exec "$ID-node" sysctl -qw net.ipv4.ip_forward=1
 ip -n "$ID-node" addr add 198.18.255.1/32 dev lo
-i=10
-for n in client be1 be2 be3; do
-    ip -n "$ID-node" link add "v-$n" type veth peer name eth0 netns "$ID-$n"
-    ip -n "$ID-node" addr add 198.18.0.1/32 dev "v-$n"
-    ip -n "$ID-node" link set "v-$n" up
-    ip -n "$ID-$n" addr add "198.18.1.$i/32" dev eth0
-    ip -n "$ID-$n" link set eth0 up
-    ip -n "$ID-$n" route add 198.18.0.1 dev eth0
-    ip -n "$ID-$n" route add default via 198.18.0.1
-    ip -n "$ID-node" route add "198.18.1.$i/32" dev "v-$n"
-    printf '  %-7s 198.18.1.%s\n' "$n" "$i"
-    i=$((i + 1))
-done
 mkdir "$CG"
 
-step "backends: each answers with its own name on :8080"
-i=11
-for n in be1 be2 be3; do
-    # nsenter execs the program: $! is the server's own pid.
-    nsenter --net="/run/netns/$ID-$n" "$PROBE" serve --name "$n" --tcp "198.18.1.$i:8080" > "$TMP/$n.out" &
-    PIDS+=($!)
-    i=$((i + 1))
-done
-sleep 0.3
-
-step "sluice agent (in the node namespace; hooks on cgroup $CG)"
+step "sluice agent (in the node namespace; pods from 198.18.64.0/24; hooks on cgroup $CG)"
 nsenter --net="/run/netns/$ID-node" "$S" agent --state-dir "$TMP/state" --cgroup "$CG" --bpffs "$PINS" --api-socket "$SOCK" \
-    2> "$TMP/agent.log" &
+    --pod-cidr 198.18.64.0/24 --pod-cidr fd00:5c:64::/112 2> "$TMP/agent.log" &
 PIDS+=($!)
 for _ in $(seq 100); do sl status >/dev/null 2>&1 && break; sleep 0.1; done
 sl status | head -n 4
 
+step "give each pod its network with the CNI plugin, as a container runtime does"
+CONF='{"cniVersion":"1.1.0","name":"sluice","type":"sluice-cni","agentSocket":"'"$SOCK"'"}'
+cni() { # cni COMMAND POD
+    echo "$CONF" | nsenter --net="/run/netns/$ID-node" env -i CNI_COMMAND="$1" CNI_CONTAINERID="$2-$$" \
+        CNI_NETNS="/run/netns/$ID-$2" CNI_IFNAME=eth0 CNI_PATH="$PWD/target/release" \
+        CNI_ARGS="K8S_POD_NAMESPACE=demo;K8S_POD_NAME=$2" "$CNI"
+}
+echo "\$ echo '$CONF' | CNI_COMMAND=ADD CNI_CONTAINERID=... CNI_NETNS=/run/netns/... CNI_IFNAME=eth0 sluice-cni"
+cni ADD client | sed -n '/"ips"/,/^  \]/p' | sed 's/^/  /'
+for n in be1 be2 be3; do cni ADD "$n" > /dev/null; done
+declare -A IP
+for n in client be1 be2 be3; do
+    IP[$n]=$(ip -n "$ID-$n" -4 -o addr show dev eth0 | awk '{ split($4, a, "/"); print a[1] }')
+done
+cat > "$TMP/pods.yaml" <<YAML
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: demo, labels: {app: shell}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: be1, namespace: demo, labels: {app: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: be2, namespace: demo, labels: {app: web}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: be3, namespace: demo, labels: {app: web}}
+YAML
+sl apply -f "$TMP/pods.yaml" > /dev/null
+echo "\$ sluice endpoint list        # labels come from the applied v1 Pods"
+sl endpoint list
+
+step "backends: each answers with its own name on :8080"
+for n in be1 be2 be3; do
+    # nsenter execs the program: $! is the server's own pid.
+    nsenter --net="/run/netns/$ID-$n" "$PROBE" serve --name "$n" --tcp "${IP[$n]}:8080" > "$TMP/$n.out" &
+    PIDS+=($!)
+done
+sleep 0.3
+
+step "pod to pod: the client reaches be1 directly (delivered with bpf_redirect_peer)"
+in_pod client "$PROBE" connect --to "${IP[be1]}:8080" --count 5 --summary
+
 step "apply a Service and its EndpointSlice"
-cat > "$TMP/web.yaml" <<'YAML'
+cat > "$TMP/web.yaml" <<YAML
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: demo}
@@ -95,21 +120,26 @@ metadata:
 addressType: IPv4
 ports: [{name: http, port: 8080}]
 endpoints:
-- addresses: [198.18.1.11]
-- addresses: [198.18.1.12]
-- addresses: [198.18.1.13]
+- addresses: [${IP[be1]}]
+- addresses: [${IP[be2]}]
+- addresses: [${IP[be3]}]
 YAML
 sed 's/^/  /' "$TMP/web.yaml"
 echo "\$ sluice apply -f web.yaml"
 sl apply -f "$TMP/web.yaml"
-echo "\$ sluice service list"
+echo "\$ sluice service list        # backends that are local pods are named"
 sl service list
 
-step "30 new connections from the client pod to 198.19.0.1:80"
+step "30 new connections from the client pod to 198.19.0.1:80 (socket hooks: translated once, at connect)"
 in_pod client "$PROBE" connect --to 198.19.0.1:80 --count 30 --summary
 
+step "the same from a process outside the hooks' cgroup (translated per packet at the pod's device)"
+nsenter --net="/run/netns/$ID-client" "$PROBE" connect --to 198.19.0.1:80 --count 30 --summary
+echo "\$ sluice bpf ct list --port 80 | tail -n 3"
+sl bpf ct list --bpffs "$PINS" --port 80 | tail -n 3
+
 step "remove be3 from the EndpointSlice"
-sed -i '/198.18.1.13/d' "$TMP/web.yaml"
+sed -i "/${IP[be3]}]/d" "$TMP/web.yaml"
 sl apply -f "$TMP/web.yaml"
 sl service list
 in_pod client "$PROBE" connect --to 198.19.0.1:80 --count 30 --summary
@@ -120,6 +150,10 @@ echo "\$ sluice apply -f oops.yaml"
 sl apply -f "$TMP/oops.yaml" || true
 
 step "datapath counters"
-sl bpf metrics --bpffs "$PINS"
+sl bpf metrics --bpffs "$PINS" | awk 'NR == 1 || $2 != 0'
+
+step "remove the pods with CNI DEL"
+for n in client be1 be2 be3; do cni DEL "$n" && echo "  DEL $n: ok"; done
+sl endpoint list
 echo
 echo "demo: done"
