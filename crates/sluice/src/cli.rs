@@ -651,44 +651,41 @@ fn age(last_seen_ns: u64, lifetime_s: u32) -> (String, String) {
     (format!("{age}s"), state)
 }
 
+/// Print translation-table entries: JSON, or a table with a count.
+fn print_entries<T: serde::Serialize>(out: Format, entries: &[T], header: &[&str], row: impl Fn(&T) -> Vec<String>) {
+    if out != Format::Text {
+        json(&entries);
+        return;
+    }
+    let rows: Vec<Vec<String>> = entries.iter().map(row).collect();
+    table(header, &rows);
+    println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+}
+
+fn state(last_seen_ns: u64, lifetime_s: u32, closing: bool) -> (String, String) {
+    let (idle, left) = age(last_seen_ns, lifetime_s);
+    (idle, format!("{left}{}", if closing { ", closing" } else { "" }))
+}
+
 fn bpf_ct_list(f: &BpfFilterArgs) -> anyhow::Result<i32> {
     let dp = sluice_datapath::pod::PodDatapath::open(&f.bpf.bpffs)?;
     let entries: Vec<_> = dp.ct_entries()?.into_iter().filter(|e| f.keep(&[e.src, e.dst, e.nat], e.proto)).collect();
-    if f.bpf.out.output != Format::Text {
-        json(&entries);
-        return Ok(0);
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            let (a, state) = age(e.last_seen_ns, e.lifetime_s);
-            let dir = if e.reverse { "reply" } else { "original" };
-            let nat = if e.reverse { format!("src -> {}", e.nat) } else { format!("dst -> {}", e.nat) };
-            vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, e.backend_id.to_string(), a, format!("{state}{}", if e.closing { ", closing" } else { "" })]
-        })
-        .collect();
-    table(&["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "BACKEND", "IDLE", "STATE"], &rows);
-    println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+    print_entries(f.bpf.out.output, &entries, &["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "BACKEND", "IDLE", "STATE"], |e| {
+        let (idle, st) = state(e.last_seen_ns, e.lifetime_s, e.closing);
+        let (dir, nat) = if e.reverse { ("reply", format!("src -> {}", e.nat)) } else { ("original", format!("dst -> {}", e.nat)) };
+        vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, e.backend_id.to_string(), idle, st]
+    });
     Ok(0)
 }
 
 fn bpf_nat_list(f: &BpfFilterArgs) -> anyhow::Result<i32> {
     let dp = sluice_datapath::pod::PodDatapath::open(&f.bpf.bpffs)?;
     let entries: Vec<_> = dp.nat_entries()?.into_iter().filter(|e| f.keep(&[e.src, e.dst, e.nat], e.proto)).collect();
-    if f.bpf.out.output != Format::Text {
-        json(&entries);
-        return Ok(0);
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|e| {
-            let (a, state) = age(e.last_seen_ns, e.lifetime_s);
-            let (dir, nat) = if e.inbound { ("reply", format!("dst -> {}", e.nat)) } else { ("original", format!("src -> {}", e.nat)) };
-            vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, a, format!("{state}{}", if e.closing { ", closing" } else { "" })]
-        })
-        .collect();
-    table(&["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "IDLE", "STATE"], &rows);
-    println!("{} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+    print_entries(f.bpf.out.output, &entries, &["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "IDLE", "STATE"], |e| {
+        let (idle, st) = state(e.last_seen_ns, e.lifetime_s, e.closing);
+        let (dir, nat) = if e.inbound { ("reply", format!("dst -> {}", e.nat)) } else { ("original", format!("src -> {}", e.nat)) };
+        vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, idle, st]
+    });
     Ok(0)
 }
 
