@@ -617,6 +617,12 @@ fn pod_to_pod_and_pod_to_node() {
         assert!(errors(&v).is_empty(), "{to}: {v}");
         assert_eq!(backends(&v), vec!["node"; 5], "{v}");
     }
+    // Node to pod, both families (through the host veth's egress program).
+    for to in &addrs {
+        let v = n.connect(n.env.topo.node(), to, 5, false);
+        assert!(errors(&v).is_empty(), "node to {to}: {v}");
+        assert_eq!(backends(&v), vec!["pod-b"; 5], "{v}");
+    }
     // The server saw the pod's own address (no masquerade on the node).
     let v = n.connect(n.pods[a].ns(), &addrs[0], 1, false);
     assert_eq!(v["results"][0]["local"].as_str().unwrap().split(':').next().unwrap(), n.pods[a].ip4(), "{v}");
