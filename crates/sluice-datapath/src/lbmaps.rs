@@ -43,6 +43,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "drop_nat_map_full",
     "drop_rewrite_failed",
     "host_malformed_passed",
+    "maglev_pick",
+    "maglev_fallback",
 ];
 
 /// The counters map (`bpf/include/metrics.h`); version 2 has 64 entries.
