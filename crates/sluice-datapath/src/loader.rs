@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, OpenObject};
+use libbpf_rs::{libbpf_sys, AsRawLibbpf, Link, MapCore, OpenObject};
 use serde::{Deserialize, Serialize};
 
 use crate::skel::SockSkelBuilder;
@@ -28,6 +28,7 @@ pub const MAPS: &[&str] = &[
     "sl_cfg_v1",
     "sl_ct_v1",
     "sl_snat_v1",
+    "sl_lb_maglev_v1",
 ];
 
 /// Pins of map layouts this build no longer uses: removed by install (once
@@ -56,6 +57,39 @@ pub struct DatapathConfig {
     pub pin_dir: PathBuf,
     /// The cgroup v2 directory whose sockets are translated.
     pub cgroup: PathBuf,
+    /// Slots of each Maglev table (a prime, checked by the caller): the
+    /// programs' `sl_maglev_m` and the size of the inner-map template.
+    pub maglev_size: u32,
+}
+
+/// The Maglev table size when none is configured.
+pub const DEFAULT_MAGLEV_SIZE: u32 = 16381;
+
+/// Give the Maglev inner-map template of an opened object `m` entries
+/// (before load). The template only matters when the outer map is created;
+/// a pinned outer map keeps its own, and its BPF_F_INNER_MAP flag lets
+/// tables of any size be stored (see `bpf/include/maglev.h`).
+pub(crate) fn size_maglev_template(obj: &mut OpenObject, m: u32) -> Result<(), DatapathError> {
+    for map in obj.maps_mut() {
+        if map.name().to_string_lossy() != crate::lbmaps::MAGLEV_MAP {
+            continue;
+        }
+        // SAFETY: the pointer is the live bpf_map of an opened, not yet
+        // loaded object; libbpf returns its inner template or NULL.
+        let inner = unsafe { libbpf_sys::bpf_map__inner_map(map.as_libbpf_object().as_ptr()) };
+        if inner.is_null() {
+            return Err(DatapathError::Other(format!("{}: no inner map template", crate::lbmaps::MAGLEV_MAP)));
+        }
+        // SAFETY: inner is a valid bpf_map owned by the object.
+        let r = unsafe { libbpf_sys::bpf_map__set_max_entries(inner, m) };
+        if r != 0 {
+            return Err(DatapathError::Io {
+                what: format!("sizing the Maglev tables to {m}"),
+                source: std::io::Error::from_raw_os_error(-r),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +144,8 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
         .as_deref_mut()
         .ok_or_else(|| DatapathError::Other("the BPF object has no .rodata section for its load-time settings".into()))?;
     rodata.sl_host_netns_cookie = host_cookie;
+    rodata.sl_maglev_m = cfg.maglev_size;
+    size_maglev_template(open.open_object_mut(), cfg.maglev_size)?;
 
     let mut adopted_maps = Vec::new();
     for mut m in open.open_object_mut().maps_mut() {
@@ -159,7 +195,7 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
     }
     drop(skel);
 
-    let (dev_adopted, dev_links) = crate::pod::install_devices(&cfg.pin_dir, host_cookie)?;
+    let (dev_adopted, dev_links) = crate::pod::install_devices_sized(&cfg.pin_dir, host_cookie, cfg.maglev_size)?;
     for m in dev_adopted {
         if !adopted_maps.contains(&m) {
             adopted_maps.push(m);
