@@ -237,8 +237,11 @@ impl KernelMaps {
         let what = || format!("Maglev write {}", op.describe());
         match op {
             MapOp::SetMaglev { rev_nat_id, table } => {
+                // The kernel stores an inner map only if its flags equal the
+                // template's: BPF_F_INNER_MAP (see bpf/include/maglev.h).
                 let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
                     sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+                    map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP,
                     ..Default::default()
                 };
                 let inner = MapHandle::create(MapType::Array, Some(MAGLEV_TABLE_NAME), 4, 4, table.len() as u32, &opts)

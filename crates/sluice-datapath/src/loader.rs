@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{libbpf_sys, AsRawLibbpf, Link, MapCore, OpenObject};
+use libbpf_rs::{libbpf_sys, Link, MapCore, OpenObject};
 use serde::{Deserialize, Serialize};
 
 use crate::skel::SockSkelBuilder;
@@ -65,31 +65,30 @@ pub struct DatapathConfig {
 /// The Maglev table size when none is configured.
 pub const DEFAULT_MAGLEV_SIZE: u32 = 16381;
 
-/// Give the Maglev inner-map template of an opened object `m` entries
-/// (before load). The template only matters when the outer map is created;
-/// a pinned outer map keeps its own, and its BPF_F_INNER_MAP flag lets
-/// tables of any size be stored (see `bpf/include/maglev.h`).
-pub(crate) fn size_maglev_template(obj: &mut OpenObject, m: u32) -> Result<(), DatapathError> {
-    for map in obj.maps_mut() {
+/// Give the Maglev outer map of an opened object an inner-map template of
+/// `m` entries (before load). libbpf cannot resize the template it builds
+/// from the BTF, so the template is made here (an array of `m` backend ids,
+/// BPF_F_INNER_MAP so that tables of other sizes can be stored too, see
+/// `bpf/include/maglev.h`) and handed over by descriptor. Keep the returned
+/// handle until the object is loaded. The template only matters when the
+/// outer map is created; a pinned outer map keeps its own.
+pub(crate) fn size_maglev_template(obj: &mut OpenObject, m: u32) -> Result<Option<libbpf_rs::MapHandle>, DatapathError> {
+    let mut template = None;
+    for mut map in obj.maps_mut() {
         if map.name().to_string_lossy() != crate::lbmaps::MAGLEV_MAP {
             continue;
         }
-        // SAFETY: the pointer is the live bpf_map of an opened, not yet
-        // loaded object; libbpf returns its inner template or NULL.
-        let inner = unsafe { libbpf_sys::bpf_map__inner_map(map.as_libbpf_object().as_ptr()) };
-        if inner.is_null() {
-            return Err(DatapathError::Other(format!("{}: no inner map template", crate::lbmaps::MAGLEV_MAP)));
-        }
-        // SAFETY: inner is a valid bpf_map owned by the object.
-        let r = unsafe { libbpf_sys::bpf_map__set_max_entries(inner, m) };
-        if r != 0 {
-            return Err(DatapathError::Io {
-                what: format!("sizing the Maglev tables to {m}"),
-                source: std::io::Error::from_raw_os_error(-r),
-            });
-        }
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let t = libbpf_rs::MapHandle::create(libbpf_rs::MapType::Array, Some("sl_lb_mgl_tmpl"), 4, 4, m, &opts)
+            .map_err(DatapathError::bpf(format!("creating the Maglev table template ({m} slots)")))?;
+        map.set_inner_map_fd(t.as_fd()).map_err(DatapathError::bpf("setting the Maglev table template"))?;
+        template = Some(t);
     }
-    Ok(())
+    Ok(template)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,7 +144,7 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
         .ok_or_else(|| DatapathError::Other("the BPF object has no .rodata section for its load-time settings".into()))?;
     rodata.sl_host_netns_cookie = host_cookie;
     rodata.sl_maglev_m = cfg.maglev_size;
-    size_maglev_template(open.open_object_mut(), cfg.maglev_size)?;
+    let _template = size_maglev_template(open.open_object_mut(), cfg.maglev_size)?;
 
     let mut adopted_maps = Vec::new();
     for mut m in open.open_object_mut().maps_mut() {

@@ -668,7 +668,7 @@ pub fn install_devices_sized(
         ro.sl_host_netns_cookie = host_netns_cookie;
         ro.sl_maglev_m = maglev_size;
     }
-    crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    let _lxc_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let lxc = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the pod datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
@@ -679,7 +679,7 @@ pub fn install_devices_sized(
     let mut host_storage = Box::new(MaybeUninit::<OpenObject>::uninit());
     let mut open = HostSkelBuilder::default().open(&mut host_storage).map_err(DatapathError::bpf("opening the host object"))?;
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
-    crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    let _host_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
     let host = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the host datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
         source: e,
@@ -765,7 +765,7 @@ impl LoadedDevices {
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.sl_maglev_m = maglev_size;
         }
-        crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+        let _template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
         let lxc = open.load().map_err(DatapathError::bpf("loading the pod object"))?;
 
         let host_storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
