@@ -32,6 +32,7 @@
 #define SL_SVC_F_NODEPORT	(1 << 1)
 #define SL_SVC_F_EXTERNAL_IP	(1 << 2)
 #define SL_SVC_F_LOADBALANCER	(1 << 3)
+#define SL_SVC_F_MAGLEV		(1 << 4)	/* per-packet paths: Maglev table */
 
 struct sl_svc_key {
 	union sl_addr addr;	/* network order; zero for SL_SCOPE_NODEPORT */

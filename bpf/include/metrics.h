@@ -38,6 +38,8 @@ enum sl_metric {
 	SL_M_DROP_NAT_MAP_FULL = 23,	/* could not create a NAT entry */
 	SL_M_DROP_REWRITE_FAILED = 24,	/* a header or checksum write failed */
 	SL_M_HOST_MALFORMED_PASSED = 25,/* unparsable at a node device: passed untouched */
+	SL_M_MAGLEV_PICK = 26,		/* backend chosen by the frontend's Maglev table */
+	SL_M_MAGLEV_FALLBACK = 27,	/* Maglev frontend without a usable table: random */
 	SL_M_MAX = 64,
 };
 

@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * Per-packet service translation with connection tracking (include/ct.h):
- * the first packet of a flow to a frontend picks a backend exactly as the
- * socket path does (lib/lb.h); later packets follow the conntrack entry,
- * so a flow keeps its backend while the service changes, and picks again
- * only when that backend no longer exists.
+ * the first packet of a flow to a frontend picks a backend with
+ * sl_lb_pick() (lib/lb.h: Maglev or random, per frontend); later packets
+ * follow the conntrack entry, so a flow keeps its backend while the
+ * service changes, and picks again only when that backend no longer exists.
  */
 #ifndef SLUICE_LIB_CT_H
 #define SLUICE_LIB_CT_H
@@ -127,7 +127,7 @@ static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p
 	struct sl_svc_key key = {};
 	struct sl_svc_val *master;
 	struct sl_backend be = {}, *bp;
-	__u32 be_id = 0;
+	__u32 be_id = 0, hash;
 	__u64 now = bpf_ktime_get_ns();
 
 	fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
@@ -154,7 +154,8 @@ static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p
 		sl_count(SL_M_DROP_NO_BACKEND);
 		return SL_XLATE_DROP;
 	}
-	if (sl_lb_select_backend(&key, master, sl_ct_client(&p->saddr), &be, &be_id)) {
+	hash = sl_maglev_flow_hash(&p->saddr, &p->daddr, p->sport, p->dport, p->proto);
+	if (sl_lb_pick(&key, master, hash, sl_ct_client(&p->saddr), &be, &be_id)) {
 		sl_count(SL_M_DROP_BACKEND_MISSING);
 		return SL_XLATE_DROP;
 	}

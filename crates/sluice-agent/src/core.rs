@@ -13,7 +13,7 @@ use serde_json::Value;
 use sluice_api::{ChangeReport, Document, ObjectResult, ServiceView, Target};
 use sluice_lb::catalog::service_of;
 use sluice_lb::dump::flags_str;
-use sluice_lb::{Catalog, FrontendKey, LbDump, LbMaps, LbState, MapOp, Scope};
+use sluice_lb::{Catalog, FrontendKey, LbDump, LbMaps, LbOptions, LbState, MapOp, Scope};
 use sluice_model::manifest::from_value;
 use sluice_model::{Kind, Manifest, ManifestError, Object, ObjectRef, Origin, ServiceType};
 use sluice_store::Store;
@@ -96,8 +96,15 @@ struct Undo {
 impl<M: LbMaps> Core<M> {
     /// Load the store, adopt what the maps hold, and write the difference.
     /// Returns the core and the number of map writes the adoption needed.
-    pub fn new(store: Store, mut maps: M) -> Result<(Self, usize, Vec<String>), CoreError> {
+    pub fn new(store: Store, maps: M) -> Result<(Self, usize, Vec<String>), CoreError> {
+        Self::with_options(store, maps, LbOptions::default())
+    }
+
+    /// [`Core::new`] with the agent's load-balancing settings. Maglev
+    /// tables of another size found in the maps are rewritten.
+    pub fn with_options(store: Store, mut maps: M, opts: LbOptions) -> Result<(Self, usize, Vec<String>), CoreError> {
         let mut catalog = Catalog::new();
+        catalog.set_default_algorithm(opts.default_algorithm);
         let mut raw = BTreeMap::new();
         let mut warnings = Vec::new();
         for (key, value) in store.load_all()? {
@@ -111,6 +118,7 @@ impl<M: LbMaps> Core<M> {
         }
         let dump = maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?;
         let mut lb = LbState::adopt(&dump);
+        lb.set_maglev_size(opts.maglev_size);
         let mut resolved = Vec::new();
         // Stored services were checked against each other when applied; a
         // store that disagrees (edited by hand, say) keeps the first claim.
@@ -130,6 +138,7 @@ impl<M: LbMaps> Core<M> {
         }
         let mut ops = lb.set_services(resolved.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
         ops.extend(lb.finish_adoption());
+        warnings.extend(lb.take_advice().into_iter().map(|(s, a)| format!("Service {s}: {a}")));
         maps.apply(&ops).map_err(|e| CoreError::Maps(e.to_string()))?;
         let repair = lb.repair_ops(&maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?);
         maps.apply(&repair).map_err(|e| CoreError::Maps(e.to_string()))?;
@@ -319,6 +328,9 @@ impl<M: LbMaps> Core<M> {
 
     fn reconcile(&mut self, resolved: Vec<(String, Vec<sluice_lb::DesiredFrontend>)>) -> Result<usize, CoreError> {
         let ops: Vec<MapOp> = self.lb.set_services(resolved.iter().map(|(n, d)| (n.as_str(), d.as_slice())));
+        for (svc, advice) in self.lb.take_advice() {
+            tracing::warn!("Service {svc}: {advice}");
+        }
         self.maps.apply(&ops).map_err(|e| CoreError::Maps(e.to_string()))?;
         Ok(ops.len())
     }
@@ -572,7 +584,7 @@ pub fn views_from_dump(dump: &LbDump, owner: impl Fn(&FrontendKey) -> Option<(St
             service,
             port_name,
             frontend: k.frontend,
-            kind: flags_str(v.flags),
+            kind: kind_with_algorithm(v.flags, v.count, dump.maglev.get(&v.rev_nat_id).map(|t| t.len())),
             id: v.rev_nat_id,
             affinity_timeout: (v.flags & sluice_lb::SVC_F_AFFINITY != 0).then_some(v.affinity_timeout),
             backends,
@@ -580,6 +592,25 @@ pub fn views_from_dump(dump: &LbDump, owner: impl Fn(&FrontendKey) -> Option<(St
         });
     }
     out
+}
+
+/// The FLAGS column of `service list`: the master entry's flags, then how
+/// the per-packet paths pick a backend (`random`, `maglev/<M>`, or
+/// `maglev/no-table` while a Maglev frontend with backends has no table:
+/// random then).
+fn kind_with_algorithm(flags: u16, count: u32, maglev_size: Option<usize>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let rest = flags_str(flags & !sluice_lb::SVC_F_MAGLEV);
+    if rest != "-" {
+        parts.push(rest);
+    }
+    parts.push(match (flags & sluice_lb::SVC_F_MAGLEV != 0, maglev_size) {
+        (false, _) => "random".to_string(),
+        (true, Some(m)) => format!("maglev/{m}"),
+        (true, None) if count == 0 => "maglev".to_string(),
+        (true, None) => "maglev/no-table".to_string(),
+    });
+    parts.join(",")
 }
 
 fn kind_of(k: FrontendKey) -> &'static str {

@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub snat_ports: (u16, u16),
     /// Tests only: abort at this point of a CNI ADD (simulates a crash).
     pub fail_point: Option<String>,
+    /// Default backend selection (`--lb-algorithm`) and Maglev table size.
+    pub lb: sluice_lb::LbOptions,
 }
 
 struct Shared {
@@ -75,7 +77,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {} (is another agent using it?)", cfg.state_dir.display()))?;
     let listener = bind_socket(&cfg.api_socket)?;
 
-    let report = loader::install(&DatapathConfig { pin_dir: cfg.pin_dir.clone(), cgroup: cgroup.clone() })
+    let report = loader::install(&DatapathConfig {
+        pin_dir: cfg.pin_dir.clone(),
+        cgroup: cgroup.clone(),
+        maglev_size: cfg.lb.maglev_size.get(),
+    })
         .context("installing the datapath")?;
     for l in &report.links {
         info!(program = %l.program, state = %l.state, "link");
@@ -89,7 +95,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     for w in pod_warnings {
         warn!("{w}");
     }
-    let (mut core, writes, warnings) = Core::new(store, maps).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut core, writes, warnings) = Core::with_options(store, maps, cfg.lb).map_err(|e| anyhow::anyhow!("{e}"))?;
     core.set_service_cidr(cfg.service_cidr);
     for w in warnings {
         warn!("{w}");

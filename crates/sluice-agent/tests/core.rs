@@ -205,3 +205,45 @@ fn service_cidrs_are_checked() {
     assert!("10.96.0.0".parse::<ServiceCidr>().is_err());
     assert!("10.96.0.0/31".parse::<ServiceCidr>().is_err());
 }
+
+#[test]
+fn maglev_by_default_or_annotation_survives_a_restart_and_a_bad_value_is_refused() {
+    use sluice_lb::maglev::TableSize;
+    use sluice_lb::{LbAlgorithm, LbOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LbOptions { default_algorithm: LbAlgorithm::Maglev, maglev_size: TableSize::new(4093).unwrap() };
+    let (mut c, _, _) = Core::with_options(Store::open(dir.path()).unwrap(), MemMaps::default(), opts).unwrap();
+    c.apply(docs("web.yaml", WEB), false).unwrap();
+    let tables = c.lb_dump().unwrap().maglev;
+    assert_eq!(tables.len(), 1);
+    assert!(tables.values().all(|t| t.len() == 4093));
+    let views = c.services().unwrap();
+    assert_eq!(views[0].kind, "maglev/4093");
+
+    // The annotation overrides the default.
+    let random = WEB.replace("metadata: {name: web}", "metadata: {name: web, annotations: {sluice.io/lb-algorithm: random}}");
+    c.apply(docs("web.yaml", &random), false).unwrap();
+    assert!(c.lb_dump().unwrap().maglev.is_empty());
+    assert_eq!(c.services().unwrap()[0].kind, "random");
+    c.apply(docs("web.yaml", WEB), false).unwrap();
+
+    // A bad value names file, object and field, and changes nothing.
+    let bad = WEB.replace("metadata: {name: web}", "metadata: {name: web, annotations: {sluice.io/lb-algorithm: rendezvous}}");
+    let es = invalid(c.apply(raw_docs("web.yaml", &bad), false));
+    assert_eq!(es.len(), 1, "{es:?}");
+    assert_eq!(es[0].object, "Service default/web");
+    assert_eq!(es[0].field, "metadata.annotations[\"sluice.io/lb-algorithm\"]");
+    assert!(es[0].to_string().starts_with("web.yaml"), "{}", es[0]);
+
+    // Restarted with the same settings: nothing to write. With another
+    // table size: only the table is rewritten.
+    let maps = c.maps().clone();
+    drop(c);
+    let (c, writes, warnings) = Core::with_options(Store::open(dir.path()).unwrap(), maps.clone(), opts).unwrap();
+    assert_eq!((writes, warnings.len()), (0, 0), "{warnings:?}");
+    drop(c);
+    let bigger = LbOptions { maglev_size: TableSize::new(16381).unwrap(), ..opts };
+    let (c, writes, _) = Core::with_options(Store::open(dir.path()).unwrap(), maps, bigger).unwrap();
+    assert_eq!(writes, 1);
+    assert!(c.lb_dump().unwrap().maglev.values().all(|t| t.len() == 16381));
+}

@@ -4,7 +4,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use std::os::fd::{AsFd, AsRawFd};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 use serde::{Deserialize, Serialize};
 use sluice_lb::{LbDump, LbMaps, MapOp};
 
@@ -43,6 +45,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "drop_nat_map_full",
     "drop_rewrite_failed",
     "host_malformed_passed",
+    "maglev_pick",
+    "maglev_fallback",
 ];
 
 /// The counters map (`bpf/include/metrics.h`); version 2 has 64 entries.
@@ -62,7 +66,14 @@ pub struct KernelMaps {
     affm: MapHandle,
     node: MapHandle,
     metrics: MapHandle,
+    /// Maglev tables: frontend id -> inner array of backend ids.
+    maglev: MapHandle,
 }
+
+/// The Maglev outer map (`bpf/include/maglev.h`).
+pub const MAGLEV_MAP: &str = "sl_lb_maglev_v1";
+/// Name of each inner table (names are for bpftool only; 15 bytes at most).
+const MAGLEV_TABLE_NAME: &str = "sl_lb_mgl_tbl";
 
 fn checked<K, V>(get: &dyn Fn(&str) -> Result<MapHandle, DatapathError>, name: &str) -> Result<MapHandle, DatapathError> {
     let h = get(name)?;
@@ -88,6 +99,7 @@ impl KernelMaps {
             affm: checked::<sl_affinity_match_key, u32>(get, "sl_lb_affm_v1")?,
             node: checked::<sl_addr, sl_node_addr_val>(get, "sl_node_addr_v1")?,
             metrics: checked::<u32, sl_metric_val>(get, METRICS_MAP)?,
+            maglev: checked::<u32, u32>(get, MAGLEV_MAP)?,
         })
     }
 
@@ -141,10 +153,22 @@ impl KernelMaps {
 /// Largest batch handed to the kernel at once.
 const BATCH: usize = 8192;
 
+/// Write (slot, backend id) pairs into a Maglev table, in batches.
+fn write_slots(table: &MapHandle, slots: &[(u32, u32)]) -> Result<(), libbpf_rs::Error> {
+    for chunk in slots.chunks(BATCH) {
+        let keys: Vec<u8> = chunk.iter().flat_map(|(i, _)| i.to_ne_bytes()).collect();
+        let values: Vec<u8> = chunk.iter().flat_map(|(_, b)| b.to_ne_bytes()).collect();
+        table.update_batch(&keys, &values, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OpKind {
     Upsert(MapId),
     Delete(MapId),
+    /// Maglev writes: one at a time (each is itself a batch of slots).
+    Maglev,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +190,7 @@ impl OpKind {
             MapOp::DeleteRevNat(..) => OpKind::Delete(MapId::Rnat),
             MapOp::UpsertAffinityMatch { .. } => OpKind::Upsert(MapId::Affm),
             MapOp::DeleteAffinityMatch { .. } => OpKind::Delete(MapId::Affm),
+            MapOp::SetMaglev { .. } | MapOp::UpdateMaglevSlots { .. } | MapOp::DeleteMaglev(_) => OpKind::Maglev,
         }
     }
 }
@@ -187,6 +212,9 @@ fn encode(op: &MapOp) -> (Vec<u8>, Vec<u8>) {
             sl_affinity_match_key { backend_id: *backend_id, rev_nat_id: *rev_nat_id }.as_bytes().to_vec(),
             Vec::new(),
         ),
+        MapOp::SetMaglev { .. } | MapOp::UpdateMaglevSlots { .. } | MapOp::DeleteMaglev(_) => {
+            unreachable!("Maglev writes are not batched with others")
+        }
     }
 }
 
@@ -200,6 +228,75 @@ impl KernelMaps {
         }
     }
 
+    /// One Maglev write. A new table is a new inner array, filled with one
+    /// batch and then published with one write to the outer map: the
+    /// datapath sees the old table or the new one, never a mix. Changed
+    /// slots are one batch into the existing table; each slot is read as
+    /// either its old or its new backend, both valid at that point.
+    fn apply_maglev(&self, op: &MapOp) -> Result<(), DatapathError> {
+        let what = || format!("Maglev write {}", op.describe());
+        match op {
+            MapOp::SetMaglev { rev_nat_id, table } => {
+                // The kernel stores an inner map only if its flags equal the
+                // template's: BPF_F_INNER_MAP (see bpf/include/maglev.h).
+                let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+                    sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+                    map_flags: libbpf_rs::libbpf_sys::BPF_F_INNER_MAP,
+                    ..Default::default()
+                };
+                let inner = MapHandle::create(MapType::Array, Some(MAGLEV_TABLE_NAME), 4, 4, table.len() as u32, &opts)
+                    .map_err(DatapathError::bpf(what()))?;
+                let slots: Vec<(u32, u32)> = table.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+                write_slots(&inner, &slots).map_err(DatapathError::bpf(what()))?;
+                let fd = inner.as_fd().as_raw_fd() as u32;
+                self.maglev.update(&rev_nat_id.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(DatapathError::bpf(what()))
+            }
+            MapOp::UpdateMaglevSlots { rev_nat_id, slots } => {
+                let inner = self.maglev_table_map(*rev_nat_id)?.ok_or_else(|| {
+                    DatapathError::Other(format!("{}: frontend {rev_nat_id} has no Maglev table", what()))
+                })?;
+                write_slots(&inner, slots).map_err(DatapathError::bpf(what()))
+            }
+            MapOp::DeleteMaglev(id) => self.maglev.delete(&id.to_ne_bytes()).map_err(DatapathError::bpf(what())),
+            _ => unreachable!("not a Maglev write"),
+        }
+    }
+
+    /// The inner table of a frontend, opened by its map id.
+    fn maglev_table_map(&self, rev_nat_id: u32) -> Result<Option<MapHandle>, DatapathError> {
+        let Some(v) = self.maglev.lookup(&rev_nat_id.to_ne_bytes(), MapFlags::ANY).map_err(DatapathError::bpf("reading Maglev tables"))? else {
+            return Ok(None);
+        };
+        let Some(id) = u32::from_bytes(&v) else { return Ok(None) };
+        match MapHandle::from_map_id(id) {
+            Ok(h) => Ok(Some(h)),
+            // Replaced or deleted while we looked.
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DatapathError::Bpf { what: format!("opening Maglev table {id}"), source: e }),
+        }
+    }
+
+    /// Every Maglev table: frontend id -> backend id per slot.
+    pub fn maglev_tables(&self) -> Result<std::collections::BTreeMap<u32, Vec<u32>>, DatapathError> {
+        let mut out = std::collections::BTreeMap::new();
+        for k in self.maglev.keys() {
+            let Some(fe) = u32::from_bytes(&k) else { continue };
+            let Some(inner) = self.maglev_table_map(fe)? else { continue };
+            let n = inner.max_entries() as usize;
+            let mut table = vec![0u32; n];
+            let batch = inner.lookup_batch(n.clamp(1, BATCH) as u32, MapFlags::ANY, MapFlags::ANY).map_err(DatapathError::bpf("reading a Maglev table"))?;
+            for (k, v) in batch {
+                if let (Some(i), Some(b)) = (u32::from_bytes(&k), u32::from_bytes(&v)) {
+                    if let Some(x) = table.get_mut(i as usize) {
+                        *x = b;
+                    }
+                }
+            }
+            out.insert(fe, table);
+        }
+        Ok(out)
+    }
+
     fn apply_run(&self, kind: OpKind, run: &[MapOp]) -> Result<(), DatapathError> {
         let mut keys = Vec::new();
         let mut values = Vec::new();
@@ -209,8 +306,9 @@ impl KernelMaps {
             values.extend(v);
         }
         let n = run.len() as u32;
-        let what = || format!("{} map writes starting with {:?}", run.len(), run[0]);
+        let what = || format!("{} map writes starting with {}", run.len(), run[0].describe());
         match kind {
+            OpKind::Maglev => unreachable!("Maglev writes are applied one at a time"),
             OpKind::Upsert(m) if n == 1 => self.map(m).update(&keys, &values, MapFlags::ANY),
             OpKind::Delete(m) if n == 1 => self.map(m).delete(&keys),
             OpKind::Upsert(m) => self.map(m).update_batch(&keys, &values, n, MapFlags::ANY, MapFlags::ANY),
@@ -234,7 +332,13 @@ impl LbMaps for KernelMaps {
             while j < ops.len() && OpKind::of(&ops[j]) == kind && j - i < BATCH {
                 j += 1;
             }
-            self.apply_run(kind, &ops[i..j])?;
+            if kind == OpKind::Maglev {
+                for op in &ops[i..j] {
+                    self.apply_maglev(op)?;
+                }
+            } else {
+                self.apply_run(kind, &ops[i..j])?;
+            }
             i = j;
         }
         Ok(())
@@ -269,6 +373,7 @@ impl LbMaps for KernelMaps {
                 d.affinity_match.insert((m.backend_id, m.rev_nat_id));
             }
         }
+        d.maglev = self.maglev_tables()?;
         Ok(d)
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, OpenObject};
+use libbpf_rs::{libbpf_sys, Link, MapCore, OpenObject};
 use serde::{Deserialize, Serialize};
 
 use crate::skel::SockSkelBuilder;
@@ -28,6 +28,7 @@ pub const MAPS: &[&str] = &[
     "sl_cfg_v1",
     "sl_ct_v1",
     "sl_snat_v1",
+    "sl_lb_maglev_v1",
 ];
 
 /// Pins of map layouts this build no longer uses: removed by install (once
@@ -56,6 +57,38 @@ pub struct DatapathConfig {
     pub pin_dir: PathBuf,
     /// The cgroup v2 directory whose sockets are translated.
     pub cgroup: PathBuf,
+    /// Slots of each Maglev table (a prime, checked by the caller): the
+    /// programs' `sl_maglev_m` and the size of the inner-map template.
+    pub maglev_size: u32,
+}
+
+/// The Maglev table size when none is configured.
+pub const DEFAULT_MAGLEV_SIZE: u32 = 16381;
+
+/// Give the Maglev outer map of an opened object an inner-map template of
+/// `m` entries (before load). libbpf cannot resize the template it builds
+/// from the BTF, so the template is made here (an array of `m` backend ids,
+/// BPF_F_INNER_MAP so that tables of other sizes can be stored too, see
+/// `bpf/include/maglev.h`) and handed over by descriptor. Keep the returned
+/// handle until the object is loaded. The template only matters when the
+/// outer map is created; a pinned outer map keeps its own.
+pub(crate) fn size_maglev_template(obj: &mut OpenObject, m: u32) -> Result<Option<libbpf_rs::MapHandle>, DatapathError> {
+    let mut template = None;
+    for mut map in obj.maps_mut() {
+        if map.name().to_string_lossy() != crate::lbmaps::MAGLEV_MAP {
+            continue;
+        }
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let t = libbpf_rs::MapHandle::create(libbpf_rs::MapType::Array, Some("sl_lb_mgl_tmpl"), 4, 4, m, &opts)
+            .map_err(DatapathError::bpf(format!("creating the Maglev table template ({m} slots)")))?;
+        map.set_inner_map_fd(t.as_fd()).map_err(DatapathError::bpf("setting the Maglev table template"))?;
+        template = Some(t);
+    }
+    Ok(template)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +143,8 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
         .as_deref_mut()
         .ok_or_else(|| DatapathError::Other("the BPF object has no .rodata section for its load-time settings".into()))?;
     rodata.sl_host_netns_cookie = host_cookie;
+    rodata.sl_maglev_m = cfg.maglev_size;
+    let _template = size_maglev_template(open.open_object_mut(), cfg.maglev_size)?;
 
     let mut adopted_maps = Vec::new();
     for mut m in open.open_object_mut().maps_mut() {
@@ -159,7 +194,7 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
     }
     drop(skel);
 
-    let (dev_adopted, dev_links) = crate::pod::install_devices(&cfg.pin_dir, host_cookie)?;
+    let (dev_adopted, dev_links) = crate::pod::install_devices_sized(&cfg.pin_dir, host_cookie, cfg.maglev_size)?;
     for m in dev_adopted {
         if !adopted_maps.contains(&m) {
             adopted_maps.push(m);

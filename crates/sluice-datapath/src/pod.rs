@@ -650,6 +650,15 @@ impl PodDatapath {
 /// [`crate::loader::install`]; on its own for tests that want pinned pod
 /// programs without the socket hooks.
 pub fn install_devices(pin_dir: &Path, host_netns_cookie: u64) -> Result<(Vec<String>, Vec<LinkStatus>), DatapathError> {
+    install_devices_sized(pin_dir, host_netns_cookie, crate::loader::DEFAULT_MAGLEV_SIZE)
+}
+
+/// [`install_devices`] with Maglev tables of `maglev_size` slots.
+pub fn install_devices_sized(
+    pin_dir: &Path,
+    host_netns_cookie: u64,
+    maglev_size: u32,
+) -> Result<(Vec<String>, Vec<LinkStatus>), DatapathError> {
     crate::fsutil::ensure_bpffs(pin_dir)?;
     let mut adopted = Vec::new();
 
@@ -657,7 +666,9 @@ pub fn install_devices(pin_dir: &Path, host_netns_cookie: u64) -> Result<(Vec<St
     let mut open = LxcSkelBuilder::default().open(&mut lxc_storage).map_err(DatapathError::bpf("opening the pod object"))?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.sl_host_netns_cookie = host_netns_cookie;
+        ro.sl_maglev_m = maglev_size;
     }
+    let _lxc_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let lxc = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the pod datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
@@ -668,6 +679,7 @@ pub fn install_devices(pin_dir: &Path, host_netns_cookie: u64) -> Result<(Vec<St
     let mut host_storage = Box::new(MaybeUninit::<OpenObject>::uninit());
     let mut open = HostSkelBuilder::default().open(&mut host_storage).map_err(DatapathError::bpf("opening the host object"))?;
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
+    let _host_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
     let host = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the host datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
         source: e,
@@ -740,11 +752,20 @@ pub struct LoadedDevices {
 
 impl LoadedDevices {
     pub fn load() -> Result<LoadedDevices, DatapathError> {
+        Self::load_sized(crate::loader::DEFAULT_MAGLEV_SIZE)
+    }
+
+    /// [`LoadedDevices::load`] with Maglev tables of `maglev_size` slots.
+    pub fn load_sized(maglev_size: u32) -> Result<LoadedDevices, DatapathError> {
         // The skeletons borrow their OpenObject storage for their whole
         // life; leaking the (pointer-sized) holder gives it 'static. The
         // BPF objects themselves are freed when the skeletons drop.
         let lxc_storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-        let open = LxcSkelBuilder::default().open(lxc_storage).map_err(DatapathError::bpf("opening the pod object"))?;
+        let mut open = LxcSkelBuilder::default().open(lxc_storage).map_err(DatapathError::bpf("opening the pod object"))?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.sl_maglev_m = maglev_size;
+        }
+        let _template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
         let lxc = open.load().map_err(DatapathError::bpf("loading the pod object"))?;
 
         let host_storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));

@@ -841,3 +841,73 @@ fn masquerade_to_outside_the_node() {
     assert_eq!(backends(&v), vec![a4.clone()], "{v}");
     at_node.join().unwrap();
 }
+
+/// A Maglev service (by annotation) reached per packet, from a process
+/// outside the hooks' cgroup: connections (each from a new source port)
+/// spread over the backends; `service list` shows the algorithm and the
+/// datapath counts Maglev picks. From inside the cgroup the socket hooks
+/// still pick at random (no 5-tuple at connect).
+#[test]
+fn pod_to_maglev_service_outside_the_cgroup() {
+    let mut n = Node::new("maglev", 75);
+    let client = n.add_pod();
+    let backends_idx: Vec<usize> = (0..3).map(|_| n.add_pod()).collect();
+    for (k, &i) in backends_idx.iter().enumerate() {
+        let addrs = vec![format!("{}:8080", n.pods[i].ip4()), format!("[{}]:8080", n.pods[i].ip6())];
+        let ns = n.pods[i].ns.take().unwrap();
+        n.serve(&ns, &format!("backend-{k}"), &addrs);
+        n.pods[i].ns = Some(ns);
+    }
+    let eps = |v6: bool| -> String {
+        backends_idx
+            .iter()
+            .map(|&i| format!("- addresses: [\"{}\"]", if v6 { n.pods[i].ip6() } else { n.pods[i].ip4() }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let manifest = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, annotations: {{sluice.io/lb-algorithm: maglev}}}}\nspec:\n  clusterIP: 198.19.0.75\n  clusterIPs: [198.19.0.75, \"fd00:5c:ee::75\"]\n  ports:\n  - {{name: p, port: 80, targetPort: 8080}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-v4, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: p, port: 8080, protocol: TCP}}]\nendpoints:\n{}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-v6, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv6\nports: [{{name: p, port: 8080, protocol: TCP}}]\nendpoints:\n{}\n",
+        eps(false),
+        eps(true)
+    );
+    n.env.apply("web.yaml", &manifest);
+    let list = n.env.ok(&["service", "list"]);
+    assert!(list.contains("maglev/16381"), "{list}");
+    let all: BTreeSet<String> = (0..3).map(|k| format!("backend-{k}")).collect();
+    for vip in ["198.19.0.75:80", "[fd00:5c:ee::75]:80"] {
+        for in_cgroup in [false, true] {
+            let v = n.connect(n.pods[client].ns(), vip, 40, in_cgroup);
+            assert!(errors(&v).is_empty(), "{vip} (cgroup {in_cgroup}): {v}\n{}", n.agent_log());
+            let seen: BTreeSet<String> = backends(&v).into_iter().collect();
+            assert_eq!(seen, all, "{vip} (cgroup {in_cgroup}): 40 connections reach every backend");
+            assert!(peers(&v).iter().all(|p| p == vip), "{vip}: {:?}", peers(&v));
+        }
+    }
+    let pins = n.env.pin_dir().to_str().unwrap().to_string();
+    let metrics = n.env.ok(&["bpf", "metrics", "--bpffs", &pins]);
+    let picks: u64 = metrics
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("maglev_pick"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no maglev_pick counter in {metrics}"));
+    assert!(picks >= 80, "{picks} Maglev picks for 80 per-packet connections\n{metrics}");
+    let dump = n.env.ok(&["bpf", "lb", "list", "--bpffs", &pins]);
+    assert!(dump.lines().filter(|l| l.starts_with("maglev id=") && l.contains("size=16381")).count() == 2, "{dump}");
+}
+
+/// A table size that is not a prime stops the agent before it starts, with
+/// the flag and the reason.
+#[test]
+fn a_maglev_table_size_that_is_not_prime_is_refused() {
+    let o = std::process::Command::new(bin("sluice")).args(["agent", "--maglev-table-size", "1000"]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--maglev-table-size") && err.contains("1000 is not a prime") && err.contains("997 or 1009"), "{err}");
+    let o = std::process::Command::new(bin("sluice")).args(["agent", "--lb-algorithm", "ring"]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--lb-algorithm") && err.contains("\"ring\" is not \"maglev\" or \"random\""), "{err}");
+}

@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sluice_model::{EndpointSlice, Kind, Object, ObjectRef, Pod, Service};
+use sluice_model::{EndpointSlice, Kind, LbAlgorithm, Object, ObjectRef, Pod, Service};
 
-use crate::resolve::{resolve_service, ResolveError};
+use crate::resolve::{resolve_service_with, ResolveError};
 use crate::types::{DesiredFrontend, ServiceName};
 
 #[derive(Debug, Default, Clone)]
@@ -15,6 +15,8 @@ pub struct Catalog {
     slices_by_service: BTreeMap<ServiceName, BTreeSet<ObjectRef>>,
     /// Pods give endpoints their labels; they touch no service.
     pods: BTreeMap<ObjectRef, Pod>,
+    /// For services without a `sluice.io/lb-algorithm` annotation.
+    default_algorithm: LbAlgorithm,
 }
 
 /// `namespace/name` of the service an object is about.
@@ -31,6 +33,11 @@ pub fn service_of(r: &ObjectRef, obj: Option<&Object>) -> Option<ServiceName> {
 impl Catalog {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The algorithm of services that do not name one (`--lb-algorithm`).
+    pub fn set_default_algorithm(&mut self, a: LbAlgorithm) {
+        self.default_algorithm = a;
     }
 
     /// Insert or replace; returns the services whose frontends may change.
@@ -117,6 +124,6 @@ impl Catalog {
             .flatten()
             .filter_map(|r| self.slices.get(r).map(|s| (r, s)))
             .collect();
-        resolve_service(svc, &slices)
+        resolve_service_with(svc, &slices, self.default_algorithm)
     }
 }

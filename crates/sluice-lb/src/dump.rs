@@ -15,6 +15,9 @@ pub struct LbDump {
     pub backends: BTreeMap<u32, BackendKey>,
     pub revnat: BTreeMap<u32, FrontendKey>,
     pub affinity_match: BTreeSet<(u32, u32)>,
+    /// Maglev tables by frontend id: the backend id of each slot.
+    #[serde(default)]
+    pub maglev: BTreeMap<u32, Vec<u32>>,
 }
 
 /// JSON objects need string keys: store the service map as a list of pairs.
@@ -38,6 +41,7 @@ pub fn flags_str(flags: u16) -> String {
         (SVC_F_NODEPORT, "nodeport"),
         (SVC_F_EXTERNAL_IP, "externalip"),
         (SVC_F_LOADBALANCER, "loadbalancer"),
+        (SVC_F_MAGLEV, "maglev"),
     ] {
         if flags & bit != 0 {
             v.push(name);
@@ -79,6 +83,23 @@ impl LbDump {
         for (b, r) in &self.affinity_match {
             let _ = writeln!(s, "affinity-match backend={b} id={r}");
         }
+        for (id, table) in &self.maglev {
+            let _ = writeln!(s, "maglev id={id} {}", maglev_summary(table));
+        }
         s
     }
+}
+
+/// A Maglev table in one line: its size and the slots of each backend,
+/// `size=16381 backend=1:5461 backend=2:5460 ...` (id 0 is an empty slot).
+pub fn maglev_summary(table: &[u32]) -> String {
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+    for id in table {
+        *counts.entry(*id).or_default() += 1;
+    }
+    let mut s = format!("size={}", table.len());
+    for (id, n) in counts {
+        let _ = write!(s, " backend={id}:{n}");
+    }
+    s
 }

@@ -12,6 +12,7 @@
 
 pub mod catalog;
 pub mod dump;
+pub mod maglev;
 pub mod mem;
 pub mod resolve;
 pub mod state;
@@ -20,7 +21,8 @@ pub mod types;
 pub use catalog::Catalog;
 pub use dump::LbDump;
 pub use mem::MemMaps;
-pub use resolve::{resolve_service, ResolveError};
+pub use resolve::{resolve_service, resolve_service_with, ResolveError};
+pub use sluice_model::LbAlgorithm;
 pub use state::{Conflict, LbState};
 pub use types::*;
 

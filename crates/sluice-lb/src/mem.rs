@@ -47,9 +47,26 @@ impl LbMaps for MemMaps {
                 MapOp::DeleteAffinityMatch { backend_id, rev_nat_id } => {
                     !m.affinity_match.remove(&(*backend_id, *rev_nat_id))
                 }
+                MapOp::SetMaglev { rev_nat_id, table } => {
+                    m.maglev.insert(*rev_nat_id, table.clone());
+                    false
+                }
+                MapOp::UpdateMaglevSlots { rev_nat_id, slots } => match m.maglev.get_mut(rev_nat_id) {
+                    Some(t) => {
+                        for (i, b) in slots {
+                            match t.get_mut(*i as usize) {
+                                Some(x) => *x = *b,
+                                None => return Err(MemError(format!("slot {i} past the end of table {rev_nat_id}"))),
+                            }
+                        }
+                        false
+                    }
+                    None => true,
+                },
+                MapOp::DeleteMaglev(id) => m.maglev.remove(id).is_none(),
             };
             if missing {
-                return Err(MemError(format!("delete of a missing entry: {op:?}")));
+                return Err(MemError(format!("delete of a missing entry: {}", op.describe())));
             }
         }
         Ok(())

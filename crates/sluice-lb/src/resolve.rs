@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use sluice_model::{EndpointSlice, IntOrString, ObjectRef, Service, ServiceType};
+use sluice_model::{EndpointSlice, IntOrString, LbAlgorithm, ObjectRef, Service, ServiceType};
 
 use crate::types::*;
 
@@ -24,10 +24,21 @@ pub struct ResolveError {
 }
 
 /// Frontends of `svc` with their active backends. `slices` are the slices
-/// whose service-name label names `svc`.
+/// whose service-name label names `svc`. Backends are picked at random
+/// unless the service's annotation asks for Maglev.
 pub fn resolve_service(
     svc: &Service,
     slices: &[(&ObjectRef, &EndpointSlice)],
+) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
+    resolve_service_with(svc, slices, LbAlgorithm::Random)
+}
+
+/// [`resolve_service`], with `default` for a service without a
+/// `sluice.io/lb-algorithm` annotation.
+pub fn resolve_service_with(
+    svc: &Service,
+    slices: &[(&ObjectRef, &EndpointSlice)],
+    default: LbAlgorithm,
 ) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
     let svc_ref = ObjectRef::new(sluice_model::Kind::Service, svc.metadata.namespace(), &svc.metadata.name);
     let mut out = Vec::new();
@@ -37,7 +48,10 @@ pub fn resolve_service(
     }
     let cluster_ips = svc.cluster_ips();
     let affinity = svc.affinity_timeout();
-    let base_flags = if affinity.is_some() { SVC_F_AFFINITY } else { 0 };
+    let mut base_flags = if affinity.is_some() { SVC_F_AFFINITY } else { 0 };
+    if svc.lb_algorithm().unwrap_or(default) == LbAlgorithm::Maglev {
+        base_flags |= SVC_F_MAGLEV;
+    }
     let timeout = affinity.unwrap_or(0);
 
     for (pi, port) in svc.spec.ports.iter().enumerate() {
@@ -268,6 +282,27 @@ endpoints:
         let text = BASE.replace("ports: [{name: http, port: 8080}]", "ports: [{name: web, port: 8081}]");
         let fs = resolve(&text).unwrap();
         assert_eq!(fs[0].backends[0].port, 8081);
+    }
+
+    #[test]
+    fn maglev_by_annotation_or_by_default() {
+        let (svc, slices) = load(BASE);
+        let refs: Vec<(&ObjectRef, &EndpointSlice)> = slices.iter().map(|(r, s)| (r, s)).collect();
+        let fs = resolve_service_with(&svc, &refs, LbAlgorithm::Random).unwrap();
+        assert!(fs.iter().all(|f| f.flags & SVC_F_MAGLEV == 0));
+        let fs = resolve_service_with(&svc, &refs, LbAlgorithm::Maglev).unwrap();
+        assert!(fs.iter().all(|f| f.flags & SVC_F_MAGLEV != 0));
+        assert_eq!(fs[2].flags, SVC_F_NODEPORT | SVC_F_MAGLEV);
+        // The annotation wins over the default, both ways.
+        for (value, want) in [("random", 0), ("maglev", SVC_F_MAGLEV)] {
+            let text = BASE.replace("metadata: {name: web}", &format!("metadata: {{name: web, annotations: {{sluice.io/lb-algorithm: {value}}}}}"));
+            let (svc, slices) = load(&text);
+            let refs: Vec<(&ObjectRef, &EndpointSlice)> = slices.iter().map(|(r, s)| (r, s)).collect();
+            for default in [LbAlgorithm::Random, LbAlgorithm::Maglev] {
+                let fs = resolve_service_with(&svc, &refs, default).unwrap();
+                assert!(fs.iter().all(|f| f.flags & SVC_F_MAGLEV == want), "{value} over {default}");
+            }
+        }
     }
 
     #[test]

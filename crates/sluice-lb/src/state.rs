@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::dump::LbDump;
+use crate::maglev::{self, TableSize};
 use crate::types::*;
 
 /// A frontend another service already owns.
@@ -29,6 +30,10 @@ struct Frontend {
     port_name: String,
     /// Backends whose sockets may stay (see `DesiredFrontend::serving`).
     serving: BTreeSet<BackendKey>,
+    /// The Maglev table as written (backend id per slot), for frontends
+    /// with `SVC_F_MAGLEV` and at least one backend. Kept to diff against:
+    /// as large as the kernel's copy (4 bytes a slot).
+    maglev: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +79,11 @@ pub struct LbState {
     /// Backends that left a frontend since the last `take_doomed`, whose
     /// sockets are to be ended: (service, frontend id, backend).
     doomed: Vec<(ServiceName, u32, BackendKey)>,
+    /// Slots of every Maglev table.
+    maglev_size: TableSize,
+    /// Frontends whose Maglev table is too small for their backends, since
+    /// the last `take_advice`: (service, advice).
+    advice: Vec<(ServiceName, String)>,
 }
 
 /// A frontend as read back: for `service list`.
@@ -91,6 +101,17 @@ pub struct FrontendView {
 impl LbState {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The Maglev table size (`--maglev-table-size`); set it before the
+    /// first `set_service`. Tables of another size (adopted from a run
+    /// with another size) are rewritten whole when their frontend is set.
+    pub fn set_maglev_size(&mut self, m: TableSize) {
+        self.maglev_size = m;
+    }
+
+    pub fn maglev_size(&self) -> TableSize {
+        self.maglev_size
     }
 
     /// Rebuild the state from maps a previous agent left pinned. Every
@@ -116,6 +137,7 @@ impl LbState {
                         owner: None,
                         port_name: String::new(),
                         serving: BTreeSet::new(),
+                        maglev: dump.maglev.get(&v.rev_nat_id).cloned(),
                     },
                 );
                 st.frontend_ids.take(v.rev_nat_id);
@@ -256,6 +278,15 @@ impl LbState {
             if dump.services.get(&mk) != Some(&mv) {
                 ops.push(MapOp::UpsertService(mk, mv));
             }
+            match (&fe.maglev, dump.maglev.get(&fe.id)) {
+                (Some(t), have) if have != Some(t) => ops.push(MapOp::SetMaglev { rev_nat_id: fe.id, table: t.clone() }),
+                (None, Some(_)) => ops.push(MapOp::DeleteMaglev(fe.id)),
+                _ => {}
+            }
+        }
+        let ids: BTreeSet<u32> = self.frontends.values().map(|f| f.id).collect();
+        for id in dump.maglev.keys().filter(|id| !ids.contains(id)) {
+            ops.push(MapOp::DeleteMaglev(*id));
         }
         for k in dump.services.keys() {
             let live = self.frontends.get(&k.frontend).map(|f| k.slot as usize <= f.slots.len()).unwrap_or(false);
@@ -296,6 +327,7 @@ impl LbState {
                     owner: None,
                     port_name: String::new(),
                     serving: BTreeSet::new(),
+                    maglev: None,
                 },
             );
             ops.early.push(MapOp::UpsertRevNat(id, d.key));
@@ -347,6 +379,30 @@ impl LbState {
         for b in old.serving.difference(&serving) {
             self.doomed.push((service.to_string(), id, *b));
         }
+        // Maglev: the table is written before the master entry that turns
+        // it on, and deleted after the one that turns it off; slots move off
+        // a removed backend before the backend is deleted.
+        let maglev = if d.flags & SVC_F_MAGLEV != 0 && !slots.is_empty() {
+            let keys: Vec<BackendKey> = slots.iter().map(|b| self.backend_keys[b]).collect();
+            if let Some(a) = self.maglev_size.advice(keys.len()) {
+                self.advice.push((service.to_string(), format!("{}: {a}", d.key)));
+            }
+            Some(self.maglev_ids(&keys))
+        } else {
+            None
+        };
+        match (&old.maglev, &maglev) {
+            (Some(o), Some(n)) if o.len() == n.len() => {
+                let changed: Vec<(u32, u32)> =
+                    o.iter().zip(n).enumerate().filter(|(_, (a, b))| a != b).map(|(i, (_, b))| (i as u32, *b)).collect();
+                if !changed.is_empty() {
+                    ops.mid.push(MapOp::UpdateMaglevSlots { rev_nat_id: id, slots: changed });
+                }
+            }
+            (_, Some(n)) => ops.mid.push(MapOp::SetMaglev { rev_nat_id: id, table: n.clone() }),
+            (Some(_), None) => ops.late.push(MapOp::DeleteMaglev(id)),
+            (None, None) => {}
+        }
         let fe = Frontend {
             id,
             flags: d.flags,
@@ -355,6 +411,7 @@ impl LbState {
             owner: Some(service.to_string()),
             port_name: d.port_name.clone(),
             serving,
+            maglev,
         };
         if is_new || master_val(&fe) != master_val(&old) || old.slots.len() != slots.len() {
             ops.master.push(MapOp::UpsertService(SvcKey { frontend: d.key, slot: 0 }, master_val(&fe)));
@@ -390,6 +447,9 @@ impl LbState {
             }
             self.release_backend(*b, ops);
         }
+        if fe.maglev.is_some() {
+            ops.late.push(MapOp::DeleteMaglev(fe.id));
+        }
         ops.late.push(MapOp::DeleteRevNat(fe.id));
         self.frontend_ids.release(fe.id);
     }
@@ -416,6 +476,25 @@ impl LbState {
             self.backend_ids.release(id);
             ops.last.push(MapOp::DeleteBackend(id));
         }
+    }
+
+    /// The Maglev table of `backends` as backend ids (every backend must
+    /// have an id already).
+    fn maglev_ids(&self, backends: &[BackendKey]) -> Vec<u32> {
+        let t = maglev::compute(backends, self.maglev_size);
+        let ids: Vec<u32> = t.backends.iter().map(|b| self.backends[b].id).collect();
+        t.slots.iter().map(|i| ids[*i as usize]).collect()
+    }
+
+    /// Frontends whose Maglev table is small for their number of backends,
+    /// since the last call: (service, advice). For the agent's log.
+    pub fn take_advice(&mut self) -> Vec<(ServiceName, String)> {
+        std::mem::take(&mut self.advice)
+    }
+
+    /// The Maglev table of a frontend (backend id per slot), if it has one.
+    pub fn maglev_table(&self, key: &FrontendKey) -> Option<&[u32]> {
+        self.frontends.get(key).and_then(|f| f.maglev.as_deref())
     }
 
     /// Backends that left their frontends since the last call: their

@@ -12,6 +12,8 @@ pub const SVC_F_AFFINITY: u16 = 1 << 0;
 pub const SVC_F_NODEPORT: u16 = 1 << 1;
 pub const SVC_F_EXTERNAL_IP: u16 = 1 << 2;
 pub const SVC_F_LOADBALANCER: u16 = 1 << 3;
+/// The per-packet paths pick backends with the frontend's Maglev table.
+pub const SVC_F_MAGLEV: u16 = 1 << 4;
 
 /// How a frontend is matched (`SL_SCOPE_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -111,6 +113,34 @@ pub enum MapOp {
     DeleteRevNat(u32),
     UpsertAffinityMatch { backend_id: u32, rev_nat_id: u32 },
     DeleteAffinityMatch { backend_id: u32, rev_nat_id: u32 },
+    /// A frontend's whole Maglev table (backend id per slot): built off to
+    /// the side and published with one write, replacing any table it had.
+    SetMaglev { rev_nat_id: u32, table: Vec<u32> },
+    /// Some slots of a frontend's existing table: (slot, backend id).
+    UpdateMaglevSlots { rev_nat_id: u32, slots: Vec<(u32, u32)> },
+    DeleteMaglev(u32),
+}
+
+impl MapOp {
+    /// A short description for error messages (a table is not printed).
+    pub fn describe(&self) -> String {
+        match self {
+            MapOp::SetMaglev { rev_nat_id, table } => format!("SetMaglev {{ rev_nat_id: {rev_nat_id}, {} slots }}", table.len()),
+            MapOp::UpdateMaglevSlots { rev_nat_id, slots } => {
+                format!("UpdateMaglevSlots {{ rev_nat_id: {rev_nat_id}, {} slots }}", slots.len())
+            }
+            op => format!("{op:?}"),
+        }
+    }
+}
+
+/// Load-balancing settings of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LbOptions {
+    /// For services without a `sluice.io/lb-algorithm` annotation.
+    pub default_algorithm: sluice_model::LbAlgorithm,
+    /// Slots of every Maglev table.
+    pub maglev_size: crate::maglev::TableSize,
 }
 
 /// The service a frontend belongs to, `namespace/name`.

@@ -45,6 +45,21 @@ fn check_consistent(d: &LbDump) {
     }
     let all: BTreeSet<u32> = d.backends.keys().copied().collect();
     assert_eq!(all, referenced, "backends not referenced by any slot");
+    // A Maglev frontend with backends has a table naming exactly them; no
+    // other frontend has one.
+    for (k, v) in d.services.iter().filter(|(k, _)| k.slot == 0) {
+        let table = d.maglev.get(&v.rev_nat_id);
+        if v.flags & SVC_F_MAGLEV != 0 && v.count > 0 {
+            let table = table.unwrap_or_else(|| panic!("{}: Maglev frontend without a table", k.frontend));
+            let in_table: BTreeSet<u32> = table.iter().copied().collect();
+            let in_slots: BTreeSet<u32> = (1..=v.count as u16).map(|s| d.services[&SvcKey { frontend: k.frontend, slot: s }].backend_id).collect();
+            assert_eq!(in_table, in_slots, "{}: table and slots disagree", k.frontend);
+        } else {
+            assert!(table.is_none(), "{}: table without Maglev", k.frontend);
+        }
+    }
+    let ids: BTreeSet<u32> = d.services.iter().filter(|(k, _)| k.slot == 0).map(|(_, v)| v.rev_nat_id).collect();
+    assert!(d.maglev.keys().all(|id| ids.contains(id)), "table of a deleted frontend");
 }
 
 /// What the datapath may observe between any two writes: every counted
@@ -55,6 +70,12 @@ fn check_safe(d: &LbDump, after: &MapOp) {
             let s = d.services.get(&SvcKey { frontend: k.frontend, slot });
             let ok = s.map(|s| d.backends.contains_key(&s.backend_id)).unwrap_or(false);
             assert!(ok, "after {after:?}: {} slot {slot} of {} is missing or dangling", k.frontend, v.count);
+        }
+    }
+    // Every slot of every table names a backend that exists.
+    for (id, t) in &d.maglev {
+        for (i, b) in t.iter().enumerate() {
+            assert!(d.backends.contains_key(b), "after {}: table {id} slot {i} names missing backend {b}", after.describe());
         }
     }
 }
@@ -156,6 +177,8 @@ impl Lcg {
 fn random_changes_keep_the_maps_consistent_and_adoption_is_a_no_op() {
     let mut rng = Lcg(7);
     let mut st = LbState::new();
+    let small = maglev::TableSize::new(251).unwrap();
+    st.set_maglev_size(small);
     let mut maps = MemMaps::default();
     let mut wanted: std::collections::BTreeMap<String, Vec<DesiredFrontend>> = Default::default();
     for _ in 0..2000 {
@@ -168,13 +191,18 @@ fn random_changes_keep_the_maps_consistent_and_adoption_is_a_no_op() {
             d.flags = SVC_F_AFFINITY;
             d.affinity_timeout = 10;
         }
+        if rng.next(2) == 0 {
+            d.flags |= SVC_F_MAGLEV;
+        }
         let ds = if rng.next(8) == 0 { vec![] } else { vec![d] };
         apply(&mut maps, &st.set_service(&name, &ds));
         wanted.insert(name, ds);
     }
+    assert!(!maps.maps.maglev.is_empty());
     // A restarted agent adopts the maps and finds nothing to write.
     let dump = maps.dump().unwrap();
     let mut adopted = LbState::adopt(&dump);
+    adopted.set_maglev_size(small);
     let mut ops = Vec::new();
     for (name, ds) in &wanted {
         ops.extend(adopted.set_service(name, ds));
@@ -279,4 +307,144 @@ fn backends_that_stop_serving_are_doomed_and_draining_ones_are_not() {
     // Deleting the service dooms what is left.
     st.remove_service("a/web");
     assert_eq!(st.take_doomed().len(), 1);
+}
+
+fn maglev(vip: u8, backends: &[u8]) -> DesiredFrontend {
+    let mut d = desired(vip, backends);
+    d.flags = SVC_F_MAGLEV;
+    d
+}
+
+/// The table `LbState` should hold: the pure computation, as backend ids.
+fn expected_table(d: &LbDump, backends: &[u8]) -> Vec<u32> {
+    let keys: Vec<BackendKey> = backends.iter().map(|b| be(*b, 8080)).collect();
+    let t = maglev::compute(&keys, maglev::TableSize::default());
+    let id_of = |k: &BackendKey| *d.backends.iter().find(|(_, b)| *b == k).unwrap().0;
+    t.slots.iter().map(|i| id_of(&t.backends[*i as usize])).collect()
+}
+
+#[test]
+fn maglev_tables_are_written_whole_once_then_only_changed_slots() {
+    let m = maglev::DEFAULT_TABLE_SIZE as usize;
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    let all: Vec<u8> = (10..20).collect();
+    let ops = st.set_service("a/web", &[maglev(1, &all)]);
+    // Backends, revnat, then the table before the master that turns it on.
+    let t = ops.iter().position(|o| matches!(o, MapOp::SetMaglev { .. })).expect("a whole table");
+    let master = ops.iter().position(|o| matches!(o, MapOp::UpsertService(SvcKey { slot: 0, .. }, _))).unwrap();
+    assert!(t < master, "{:?}", ops.iter().map(|o| o.describe()).collect::<Vec<_>>());
+    apply(&mut maps, &ops);
+    let id = maps.maps.services[&SvcKey { frontend: fe(1), slot: 0 }].rev_nat_id;
+    assert_eq!(maps.maps.maglev[&id], expected_table(&maps.maps, &all));
+    assert_eq!(st.maglev_table(&fe(1)).map(|t| t.len()), Some(m));
+
+    // Setting the same thing again writes nothing.
+    assert!(st.set_service("a/web", &[maglev(1, &all)]).is_empty());
+
+    // One of ten backends leaves: only the slots that changed are written,
+    // before the backend is deleted.
+    let nine: Vec<u8> = (10..19).collect();
+    let ops = st.set_service("a/web", &[maglev(1, &nine)]);
+    let changed = match ops.iter().find(|o| matches!(o, MapOp::UpdateMaglevSlots { .. })) {
+        Some(MapOp::UpdateMaglevSlots { slots, .. }) => slots.len(),
+        _ => panic!("no slot update in {:?}", ops.iter().map(|o| o.describe()).collect::<Vec<_>>()),
+    };
+    assert!(!ops.iter().any(|o| matches!(o, MapOp::SetMaglev { .. })));
+    let frac = changed as f64 / m as f64;
+    // Measured: 10.6% of the slots (1/N = 10%).
+    assert!((0.10..0.12).contains(&frac), "{changed} of {m} slots changed");
+    let upd = ops.iter().position(|o| matches!(o, MapOp::UpdateMaglevSlots { .. })).unwrap();
+    let del = ops.iter().position(|o| matches!(o, MapOp::DeleteBackend(_))).unwrap();
+    assert!(upd < del);
+    apply(&mut maps, &ops);
+    assert_eq!(maps.maps.maglev[&id], expected_table(&maps.maps, &nine));
+
+    // Adding one back: about 1/10 of the slots.
+    let ops = st.set_service("a/web", &[maglev(1, &all)]);
+    apply(&mut maps, &ops);
+    assert_eq!(maps.maps.maglev[&id], expected_table(&maps.maps, &all));
+
+    // To random: the master first, the table after; back: the other way round.
+    let ops = st.set_service("a/web", &[desired(1, &all)]);
+    let master = ops.iter().position(|o| matches!(o, MapOp::UpsertService(SvcKey { slot: 0, .. }, _))).unwrap();
+    let gone = ops.iter().position(|o| matches!(o, MapOp::DeleteMaglev(_))).unwrap();
+    assert!(master < gone);
+    apply(&mut maps, &ops);
+    assert!(maps.maps.maglev.is_empty());
+    apply(&mut maps, &st.set_service("a/web", &[maglev(1, &all)]));
+    // No backends: no table (the datapath drops before looking); deleting
+    // the service deletes the table.
+    apply(&mut maps, &st.set_service("a/web", &[maglev(1, &[])]));
+    assert!(maps.maps.maglev.is_empty());
+    apply(&mut maps, &st.set_service("a/web", &[maglev(1, &all)]));
+    apply(&mut maps, &st.remove_service("a/web"));
+    assert!(maps.maps.maglev.is_empty() && maps.maps.services.is_empty() && maps.maps.backends.is_empty());
+}
+
+#[test]
+fn maglev_tables_do_not_depend_on_backend_ids_or_order() {
+    // Two nodes learn the same backends in different orders (and with other
+    // services in between, so their ids differ): the tables name the same
+    // backends slot by slot.
+    let mut a = LbState::new();
+    let mut b = LbState::new();
+    let (mut ma, mut mb) = (MemMaps::default(), MemMaps::default());
+    apply(&mut mb, &b.set_service("a/other", &[desired(9, &[40, 41, 42])]));
+    apply(&mut ma, &a.set_service("a/web", &[maglev(1, &[10, 11, 12, 13])]));
+    let mut rev = maglev(1, &[13, 12, 11, 10]);
+    rev.backends.reverse();
+    apply(&mut mb, &b.set_service("a/web", &[rev]));
+    let keys = |m: &MemMaps| -> Vec<BackendKey> {
+        let id = m.maps.services[&SvcKey { frontend: fe(1), slot: 0 }].rev_nat_id;
+        m.maps.maglev[&id].iter().map(|b| m.maps.backends[b]).collect()
+    };
+    assert_ne!(ma.maps.backends.keys().collect::<Vec<_>>(), mb.maps.backends.keys().collect::<Vec<_>>());
+    assert_eq!(keys(&ma), keys(&mb));
+}
+
+#[test]
+fn maglev_adoption_writes_nothing_when_equal_and_rewrites_tables_of_another_size() {
+    let mut st = LbState::new();
+    let mut maps = MemMaps::default();
+    apply(&mut maps, &st.set_service("a/web", &[maglev(1, &[10, 11, 12])]));
+    apply(&mut maps, &st.set_service("a/db", &[maglev(2, &[12, 13])]));
+    let dump = maps.dump().unwrap();
+
+    let mut same = LbState::adopt(&dump);
+    let mut ops = same.set_service("a/web", &[maglev(1, &[10, 11, 12])]);
+    ops.extend(same.set_service("a/db", &[maglev(2, &[12, 13])]));
+    ops.extend(same.finish_adoption());
+    ops.extend(same.repair_ops(&dump));
+    assert!(ops.is_empty(), "{:?}", ops.iter().map(|o| o.describe()).collect::<Vec<_>>());
+
+    // An interrupted slot update: adoption writes back just that slot.
+    let id = dump.services[&SvcKey { frontend: fe(1), slot: 0 }].rev_nat_id;
+    let mut torn = dump.clone();
+    let other = *torn.backends.keys().find(|b| **b != torn.maglev[&id][5]).unwrap();
+    torn.maglev.get_mut(&id).unwrap()[5] = other;
+    let mut st2 = LbState::adopt(&torn);
+    let ops = st2.set_service("a/web", &[maglev(1, &[10, 11, 12])]);
+    assert_eq!(ops.len(), 1, "{:?}", ops.iter().map(|o| o.describe()).collect::<Vec<_>>());
+    assert!(matches!(&ops[0], MapOp::UpdateMaglevSlots { slots, .. } if slots.len() == 1 && slots[0].0 == 5));
+
+    // Restarted with another size: every table is rewritten whole, nothing else.
+    let mut resized = LbState::adopt(&dump);
+    resized.set_maglev_size(maglev::TableSize::new(4093).unwrap());
+    let mut ops = resized.set_service("a/web", &[maglev(1, &[10, 11, 12])]);
+    ops.extend(resized.set_service("a/db", &[maglev(2, &[12, 13])]));
+    ops.extend(resized.finish_adoption());
+    assert_eq!(ops.len(), 2);
+    assert!(ops.iter().all(|o| matches!(o, MapOp::SetMaglev { table, .. } if table.len() == 4093)));
+    apply(&mut maps, &ops);
+
+    // A table left by a deleted frontend (or a frontend no longer Maglev) goes.
+    let mut debris = maps.dump().unwrap();
+    debris.maglev.insert(999, vec![1; 7]);
+    let mut st3 = LbState::adopt(&debris);
+    st3.set_maglev_size(maglev::TableSize::new(4093).unwrap());
+    st3.set_service("a/web", &[maglev(1, &[10, 11, 12])]);
+    st3.set_service("a/db", &[desired(2, &[12, 13])]);
+    let repair = st3.repair_ops(&debris);
+    assert!(repair.contains(&MapOp::DeleteMaglev(999)));
 }

@@ -268,6 +268,21 @@ ports:
     }
 
     #[test]
+    fn bad_lb_algorithm_names_the_annotation() {
+        let text = SVC.replace("metadata: {name: web, namespace: shop}", "metadata: {name: web, namespace: shop, annotations: {sluice.io/lb-algorithm: ring}}");
+        let e = one_error(&text);
+        assert_eq!(e.object, "Service shop/web");
+        assert_eq!(e.field, "metadata.annotations[\"sluice.io/lb-algorithm\"]");
+        assert_eq!(e.message, "\"ring\" is not \"maglev\" or \"random\"");
+        let ok = SVC.replace("metadata: {name: web, namespace: shop}", "metadata: {name: web, namespace: shop, annotations: {sluice.io/lb-algorithm: maglev}}");
+        let ms = parse_documents("f.yaml", &ok).unwrap();
+        match &ms[0].object {
+            Object::Service(s) => assert_eq!(s.lb_algorithm(), Some(crate::LbAlgorithm::Maglev)),
+            _ => panic!("not a service"),
+        }
+    }
+
+    #[test]
     fn wrong_type_names_the_path() {
         let e = one_error(&SVC.replace("port: 80,", "port: [80],"));
         assert_eq!(e.field, "spec.ports[0].port");

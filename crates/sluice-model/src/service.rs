@@ -155,6 +155,48 @@ impl ServicePort {
 /// Annotation that turns socket termination off for a service: `"false"`.
 pub const TERMINATE_SOCKETS_ANNOTATION: &str = "sluice.io/terminate-sockets";
 
+/// Annotation that chooses how the per-packet paths pick a backend:
+/// `maglev` or `random`. Without it the agent's `--lb-algorithm` applies.
+pub const LB_ALGORITHM_ANNOTATION: &str = "sluice.io/lb-algorithm";
+
+/// How backends are picked on the per-packet paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbAlgorithm {
+    /// A random active backend (and ClientIP affinity where asked for).
+    #[default]
+    Random,
+    /// Maglev consistent hashing of the 5-tuple: every node picks the same
+    /// backend for a flow, and a backend change moves few flows.
+    Maglev,
+}
+
+impl LbAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbAlgorithm::Random => "random",
+            LbAlgorithm::Maglev => "maglev",
+        }
+    }
+}
+
+impl std::fmt::Display for LbAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LbAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "random" => Ok(LbAlgorithm::Random),
+            "maglev" => Ok(LbAlgorithm::Maglev),
+            _ => Err(format!("{s:?} is not \"maglev\" or \"random\"")),
+        }
+    }
+}
+
 /// Default timeout of ClientIP session affinity (Kubernetes: 3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -215,6 +257,12 @@ impl Service {
         self.metadata.annotations.get(TERMINATE_SOCKETS_ANNOTATION).map(|v| v != "false").unwrap_or(true)
     }
 
+    /// The algorithm the service's annotation asks for, if any (checked
+    /// when the manifest was parsed: an unknown value never gets here).
+    pub fn lb_algorithm(&self) -> Option<LbAlgorithm> {
+        self.metadata.annotations.get(LB_ALGORITHM_ANNOTATION).and_then(|v| v.parse().ok())
+    }
+
     pub fn has_node_ports(&self) -> bool {
         matches!(self.spec.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
@@ -227,6 +275,11 @@ impl Service {
                     format!("metadata.annotations[{TERMINATE_SOCKETS_ANNOTATION:?}]"),
                     format!("{v:?} is not \"true\" or \"false\""),
                 );
+            }
+        }
+        if let Some(v) = self.metadata.annotations.get(LB_ALGORITHM_ANNOTATION) {
+            if let Err(e) = v.parse::<LbAlgorithm>() {
+                c.err(format!("metadata.annotations[{LB_ALGORITHM_ANNOTATION:?}]"), e);
             }
         }
         let s = &self.spec;

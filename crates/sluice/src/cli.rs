@@ -139,6 +139,15 @@ struct AgentArgs {
     /// outside net.ipv4.ip_local_port_range so local sockets never collide.
     #[arg(long, default_value = "61000-65535")]
     snat_ports: String,
+    /// How the per-packet paths pick a backend for Services without a
+    /// `sluice.io/lb-algorithm` annotation: `random` or `maglev`
+    /// (consistent hashing of the 5-tuple: every node picks the same backend).
+    #[arg(long, default_value = "random", value_parser = parse_lb_algorithm)]
+    lb_algorithm: sluice_lb::LbAlgorithm,
+    /// Slots of each Maglev table: a prime, at least 100 times the largest
+    /// number of backends of a Maglev service (4 bytes a slot, per frontend).
+    #[arg(long, value_name = "M", default_value = "16381", value_parser = parse_maglev_size)]
+    maglev_table_size: sluice_lb::maglev::TableSize,
     /// Tests only: abort during a CNI ADD (`cni-add-after-alloc`, `cni-add-after-link`).
     #[arg(long, hide = true)]
     fail_point: Option<String>,
@@ -388,10 +397,19 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         external_devs: a.external_devs,
         snat_ports,
         fail_point: a.fail_point,
+        lb: sluice_lb::LbOptions { default_algorithm: a.lb_algorithm, maglev_size: a.maglev_table_size },
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(sluice_agent::run(cfg))?;
     Ok(0)
+}
+
+fn parse_lb_algorithm(s: &str) -> Result<sluice_lb::LbAlgorithm, String> {
+    s.parse()
+}
+
+fn parse_maglev_size(s: &str) -> Result<sluice_lb::maglev::TableSize, String> {
+    s.parse()
 }
 
 /// Read and check every document locally, so that syntax errors are
