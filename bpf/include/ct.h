@@ -37,6 +37,10 @@
 
 /* Flags (host order). */
 #define SL_CT_F_CLOSING		(1 << 0)	/* FIN or RST seen */
+#define SL_CT_F_NODEPORT	(1 << 1)	/* from outside the node, at an external device */
+#define SL_CT_F_SNAT		(1 << 2)	/* remote backend: source NATed to the node (nat.h) */
+#define SL_CT_F_DSR		(1 << 3)	/* remote backend answers directly (DSR) */
+#define SL_CT_F_DSR_BACKEND	(1 << 4)	/* REV entry made on the backend's node from a DSR option */
 
 struct sl_ct_key {
 	union sl_addr saddr;	/* network order */

@@ -26,6 +26,16 @@
 /* Scope of a service key. */
 #define SL_SCOPE_VIP		0	/* ClusterIP, ExternalIP, LoadBalancer IP */
 #define SL_SCOPE_NODEPORT	1	/* addr is zero: any node address */
+/*
+ * The "local" twin of an external frontend (bit 1 added to its scope):
+ * written only for services with externalTrafficPolicy: Local, holding
+ * only this node's backends. The node's external devices look it up when
+ * the ordinary master entry has SL_SVC_F_ETP_LOCAL; the socket hooks and
+ * pod devices never do (traffic from inside the cluster uses every backend).
+ */
+#define SL_SCOPE_LOCAL		2
+#define SL_SCOPE_VIP_LOCAL	(SL_SCOPE_VIP | SL_SCOPE_LOCAL)
+#define SL_SCOPE_NODEPORT_LOCAL	(SL_SCOPE_NODEPORT | SL_SCOPE_LOCAL)
 
 /* Flags of the master entry (host order). */
 #define SL_SVC_F_AFFINITY	(1 << 0)	/* sessionAffinity: ClientIP */
@@ -33,6 +43,8 @@
 #define SL_SVC_F_EXTERNAL_IP	(1 << 2)
 #define SL_SVC_F_LOADBALANCER	(1 << 3)
 #define SL_SVC_F_MAGLEV		(1 << 4)	/* per-packet paths: Maglev table */
+#define SL_SVC_F_ETP_LOCAL	(1 << 5)	/* externalTrafficPolicy: Local: see SL_SCOPE_LOCAL */
+#define SL_SVC_F_DSR		(1 << 6)	/* remote backends answer the client directly */
 
 struct sl_svc_key {
 	union sl_addr addr;	/* network order; zero for SL_SCOPE_NODEPORT */
