@@ -2,13 +2,17 @@
 /*
  * The node's external devices: tcx programs for masquerade.
  *
+ * sl_host_ingress balances traffic from outside to NodePort, ExternalIP and
+ * LoadBalancer-IP frontends and translates what comes back (lib/nodeport.h),
+ * puts the pod back as the destination of masqueraded flows' replies, and
+ * delivers routed traffic for local pods with bpf_redirect_peer.
  * sl_host_egress SNATs pod sources leaving the node to the node's
- * masquerade address; sl_host_ingress puts the pod back as the destination
- * of replies and hands them to the stack, which routes them to the pod.
- * The work is in lib/nat.h; the configuration in the sl_cfg_v1 map.
+ * masquerade address and translates replies of backends in the node's own
+ * namespace (lib/nat.h). The configuration is in the sl_cfg_v1 map.
  */
 #include "include/common.h"
 #include "lib/nat.h"
+#include "lib/nodeport.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

@@ -40,6 +40,22 @@ enum sl_metric {
 	SL_M_HOST_MALFORMED_PASSED = 25,/* unparsable at a node device: passed untouched */
 	SL_M_MAGLEV_PICK = 26,		/* backend chosen by the frontend's Maglev table */
 	SL_M_MAGLEV_FALLBACK = 27,	/* Maglev frontend without a usable table: random */
+	/* Traffic from outside the node (NodePort, ExternalIP, LB IP). */
+	SL_M_NODEPORT_LOCAL = 28,		/* sent to a backend on this node */
+	SL_M_NODEPORT_SNAT = 29,		/* sent to a remote backend, source NATed to the node */
+	SL_M_NODEPORT_DSR = 30,		/* sent to a remote backend that answers directly */
+	SL_M_NODEPORT_REPLY = 31,		/* reply of a remote backend translated back */
+	SL_M_DSR_BACKEND = 32,		/* DSR packet taken in for a local backend */
+	SL_M_FIB_REDIRECT = 33,		/* forwarded after a FIB lookup */
+	SL_M_FIB_PASS = 34,		/* FIB lookup failed: handed to the stack */
+	SL_M_DROP_NO_LOCAL_BACKEND = 35,/* externalTrafficPolicy: Local, none here */
+	SL_M_DROP_DSR_INSERT = 36,	/* could not add the DSR option */
+	SL_M_DROP_NO_NODE_ADDR = 37,	/* remote backend, no node address to SNAT to */
+	SL_M_DROP_NAT_ORPHAN = 38,	/* NAT entry without its conntrack entry */
+	SL_M_XDP_FORWARD = 39,		/* translated and forwarded at XDP */
+	SL_M_XDP_PASS = 40,		/* left to tc (local backend, DSR option, no neighbour) */
+	SL_M_ICMP_ERROR_XLATE = 41,		/* ICMP error about a translated flow translated back */
+	SL_M_CLUSTERIP_FROM_OUTSIDE = 42,/* ClusterIP-only frontend from outside: passed */
 	SL_M_MAX = 64,
 };
 

@@ -61,7 +61,7 @@ static __always_inline __u64 sl_ct_client(const union sl_addr *a)
  * source. Used where the reply is first seen: leaving a local backend pod,
  * or entering the client pod from the stack.
  */
-static __always_inline int sl_ct_reply(struct __sk_buff *skb, struct sl_pkt *p)
+static __always_inline int sl_ct_reply(struct __sk_buff *skb, struct sl_pkt *p, __u16 *flags)
 {
 	struct sl_ct_key rk = {
 		.saddr = p->saddr,
@@ -80,6 +80,7 @@ static __always_inline int sl_ct_reply(struct __sk_buff *skb, struct sl_pkt *p)
 		return SL_XLATE_PASS;
 	vip = rv->nat_addr;
 	vport = rv->nat_port;
+	*flags = rv->flags;
 	rv->last_seen_ns = bpf_ktime_get_ns();
 	if (sl_tcp_closing(p)) {
 		/* The forward entry closes too: the client may never send

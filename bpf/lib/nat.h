@@ -13,6 +13,7 @@
 #include "../include/metrics.h"
 #include "../include/nat.h"
 #include "cfg.h"
+#include "ct.h"
 #include "pkt.h"
 
 static __always_inline bool sl_nat_alive(const struct sl_nat_val *v, __u64 now)
@@ -40,7 +41,7 @@ static __always_inline void sl_nat_touch(struct sl_nat_val *v, const struct sl_p
  */
 static __always_inline enum sl_metric
 sl_snat_lookup(const struct sl_node_cfg *cfg, const struct sl_pkt *p,
-	       const union sl_addr *masq, struct sl_nat_val *out)
+	       const union sl_addr *masq, struct sl_nat_val *out, __u16 flags)
 {
 	struct sl_nat_key ok = {
 		.saddr = p->saddr,
@@ -83,10 +84,11 @@ sl_snat_lookup(const struct sl_node_cfg *cfg, const struct sl_pkt *p,
 
 	nv.addr = p->saddr;
 	nv.port = p->sport;
+	nv.flags = flags;
 	nv.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S;
 	nv.last_seen_ns = now;
 	if (sl_nat_closing(p)) {
-		nv.flags = SL_CT_F_CLOSING;
+		nv.flags |= SL_CT_F_CLOSING;
 		nv.lifetime_s = SL_CT_LIFETIME_CLOSE_S;
 	}
 	/* Consecutive ports from a random start: a taken port is one whose
@@ -132,6 +134,17 @@ static __always_inline int sl_host_out(struct __sk_buff *skb)
 		sl_count(SL_M_HOST_MALFORMED_PASSED);
 		return TC_ACT_OK;
 	}
+	if (p.has_l4) {
+		/* A reply of a backend in the node's own network namespace to a
+		 * client outside: the frontend goes back as its source. */
+		__u16 cf = 0;
+
+		r = sl_ct_reply(skb, &p, &cf);
+		if (r == SL_XLATE_DROP)
+			return TC_ACT_SHOT;
+		if (r == SL_XLATE_DONE)
+			return TC_ACT_OK;
+	}
 	cfg = sl_cfg();
 	if (!cfg || !(cfg->flags & SL_CFG_F_MASQUERADE) || !(p.has_l4 || p.icmp_echo))
 		return TC_ACT_OK;
@@ -146,7 +159,7 @@ static __always_inline int sl_host_out(struct __sk_buff *skb)
 		sl_count(SL_M_SNAT_NO_ADDR);
 		return TC_ACT_OK;
 	}
-	m = sl_snat_lookup(cfg, &p, &masq, &nat);
+	m = sl_snat_lookup(cfg, &p, &masq, &nat, 0);
 	if (m != SL_M_SNAT) {
 		sl_count(m);
 		return TC_ACT_SHOT;
@@ -156,62 +169,6 @@ static __always_inline int sl_host_out(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	sl_count(SL_M_SNAT);
-	return TC_ACT_OK;
-}
-
-/* Entering the node: a reply to a masqueraded flow goes back to the pod. */
-static __always_inline int sl_host_in(struct __sk_buff *skb)
-{
-	struct sl_pkt p = {};
-	struct sl_nat_val *iv;
-	union sl_addr pod;
-	__be16 pod_port;
-	int r = sl_parse(skb, &p);
-
-	if (r == SL_PARSE_NOT_IP)
-		return TC_ACT_OK;
-	if (r != SL_PARSE_OK) {
-		sl_count(SL_M_HOST_MALFORMED_PASSED);
-		return TC_ACT_OK;
-	}
-	if (!p.has_l4 && !p.icmp_echo)
-		return TC_ACT_OK;
-
-	struct sl_nat_key ik = {
-		.saddr = p.saddr,
-		.daddr = p.daddr,
-		.sport = p.sport,
-		.dport = p.dport,
-		.proto = p.proto,
-		.dir = SL_NAT_DIR_IN,
-	};
-	iv = bpf_map_lookup_elem(&sl_snat_v1, &ik);
-	if (!iv)
-		return TC_ACT_OK;
-	pod = iv->addr;
-	pod_port = iv->port;
-	sl_nat_touch(iv, &p, bpf_ktime_get_ns());
-	if (sl_nat_closing(&p)) {
-		struct sl_nat_key ok = {
-			.saddr = pod,
-			.daddr = p.saddr,
-			.sport = pod_port,
-			.dport = p.sport,
-			.proto = p.proto,
-			.dir = SL_NAT_DIR_OUT,
-		};
-		struct sl_nat_val *ov = bpf_map_lookup_elem(&sl_snat_v1, &ok);
-
-		if (ov && !(ov->flags & SL_CT_F_CLOSING)) {
-			ov->flags |= SL_CT_F_CLOSING;
-			ov->lifetime_s = SL_CT_LIFETIME_CLOSE_S;
-		}
-	}
-	if (sl_rewrite(skb, &p, false, &pod, pod_port)) {
-		sl_count(SL_M_DROP_REWRITE_FAILED);
-		return TC_ACT_SHOT;
-	}
-	sl_count(SL_M_REV_SNAT);
 	return TC_ACT_OK;
 }
 

@@ -50,8 +50,44 @@ struct sl_pkt {
 	__u8  icmp_echo;	/* ICMP(v6) echo: the identifier stands in for a
 				 * port, sport in a request, dport in a reply
 				 * (the other is 0); has_l4 stays 0 */
-	__u8  pad[3];
+	__u8  dsr;		/* a DSR option (lib/dsr.h): SL_DSR_IN_* */
+	__u8  pad[2];
 	__u32 l4_off;		/* offset of the L4 header from the frame start */
+};
+
+/* Where sl_parse() found a DSR option (lib/dsr.h). */
+#define SL_DSR_IN_NONE		0
+#define SL_DSR_IN_OPT4		1	/* IPv4 option right after the base header */
+#define SL_DSR_IN_EXT6		2	/* IPv6 destination options header */
+
+/* The DSR option: the frontend a packet was sent to, carried to the
+ * backend's node. IPv4: an option of the experimental number 30 (RFC 4727)
+ * with the copy bit, 8 bytes. IPv6: a destination options header holding
+ * one option of the experimental type 0x1e (skip if unknown, immutable
+ * en route) and a 2-byte PadN, 24 bytes. */
+#define SL_DSR_OPT4_TYPE	0x9e
+#define SL_DSR_OPT4_LEN		8
+#define SL_DSR_OPT6_TYPE	0x1e
+#define SL_DSR_OPT6_DATA	18
+#define SL_DSR_EXT6_LEN		24
+#define IPPROTO_DSTOPTS_	60
+
+struct sl_dsr_opt4 {
+	__u8   type;
+	__u8   len;
+	__be16 port;
+	__be32 addr;
+};
+
+struct sl_dsr_ext6 {
+	__u8   nexthdr;
+	__u8   hdrlen;		/* in 8-byte units, not counting the first */
+	__u8   type;
+	__u8   len;
+	__be16 port;
+	__u8   addr[16];
+	__u8   pad_type;	/* PadN: type 1, length 0 */
+	__u8   pad_len;
 };
 
 #define SL_PARSE_OK		0
@@ -132,6 +168,13 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
 		p->proto = ip.protocol;
 		p->v6 = 0;
 		p->l4_off = ETH_HLEN_ + hl;
+		if (ip.ihl == 7) {
+			__u8 o[2];
+
+			if (!bpf_skb_load_bytes(skb, ETH_HLEN_ + 20, o, 2) &&
+			    o[0] == SL_DSR_OPT4_TYPE && o[1] == SL_DSR_OPT4_LEN)
+				p->dsr = SL_DSR_IN_OPT4;
+		}
 		if (ip.frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
 			return SL_PARSE_OK;
 		return sl_parse_l4(skb, p, tot - hl);
@@ -154,6 +197,17 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
 		p->proto = ip6.nexthdr;
 		p->v6 = 1;
 		p->l4_off = ETH_HLEN_ + sizeof(ip6);
+		if (ip6.nexthdr == IPPROTO_DSTOPTS_ && plen >= SL_DSR_EXT6_LEN) {
+			__u8 e[4];
+
+			if (!bpf_skb_load_bytes(skb, p->l4_off, e, 4) && e[1] == 2 &&
+			    e[2] == SL_DSR_OPT6_TYPE && e[3] == SL_DSR_OPT6_DATA) {
+				p->dsr = SL_DSR_IN_EXT6;
+				p->proto = e[0];
+				p->l4_off += SL_DSR_EXT6_LEN;
+				plen -= SL_DSR_EXT6_LEN;
+			}
+		}
 		return sl_parse_l4(skb, p, plen);
 	}
 	return SL_PARSE_NOT_IP;

@@ -11,6 +11,7 @@
 #include "../include/ep.h"
 #include "../include/metrics.h"
 #include "ct.h"
+#include "fib.h"
 #include "pkt.h"
 
 /* To a pod on this node: straight into its namespace (tc ingress only). */
@@ -43,7 +44,18 @@ static __always_inline int sl_pod_from(struct __sk_buff *skb)
 	if (p.has_l4) {
 		/* A reply from this pod as a service backend, else a packet
 		 * to a service. */
-		r = sl_ct_reply(skb, &p);
+		__u16 cf = 0;
+
+		r = sl_ct_reply(skb, &p, &cf);
+		if (r == SL_XLATE_DONE && (cf & SL_CT_F_NODEPORT)) {
+			/* To a client outside the node, with the frontend
+			 * (maybe the node's own address) as its source: the
+			 * stack's input path would call that a martian. */
+			union sl_addr dst = p.daddr;
+
+			if (!bpf_map_lookup_elem(&sl_ep_v1, &dst))
+				return sl_fib_redirect(skb, &p);
+		}
 		if (r == SL_XLATE_PASS)
 			r = sl_ct_service(skb, &p);
 		if (r == SL_XLATE_DROP)
@@ -64,8 +76,12 @@ static __always_inline int sl_pod_to(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	/* A reply from a backend outside this node or in the host network. */
-	if (p.has_l4 && sl_ct_reply(skb, &p) == SL_XLATE_DROP)
-		return TC_ACT_SHOT;
+	if (p.has_l4) {
+		__u16 cf = 0;
+
+		if (sl_ct_reply(skb, &p, &cf) == SL_XLATE_DROP)
+			return TC_ACT_SHOT;
+	}
 	return TC_ACT_OK;
 }
 

@@ -47,6 +47,21 @@ pub const METRIC_NAMES: &[&str] = &[
     "host_malformed_passed",
     "maglev_pick",
     "maglev_fallback",
+    "nodeport_local",
+    "nodeport_snat",
+    "nodeport_dsr",
+    "nodeport_reply",
+    "dsr_backend",
+    "fib_redirect",
+    "fib_pass",
+    "drop_no_local_backend",
+    "drop_dsr_insert",
+    "drop_no_node_addr",
+    "drop_nat_orphan",
+    "xdp_forward",
+    "xdp_pass",
+    "icmp_error_xlate",
+    "clusterip_from_outside",
 ];
 
 /// The counters map (`bpf/include/metrics.h`); version 2 has 64 entries.

@@ -494,10 +494,11 @@ fn masquerade_snat_and_reverse() {
         let expected = out.clone().with_src(p.src);
         run(&d, &Fixture::new(format!("snat-again-{l}"), HostEgress, out.build(), TC_ACT_OK, Expect::Bytes(expected.build())));
 
-        // The reply gets the pod back as its destination.
+        // The reply gets the pod back as its destination, and goes
+        // straight into the pod (a local endpoint) with its MACs.
         let reply = Pkt::new(&server.to_string(), &p.src.to_string(), proto);
-        let expected = reply.clone().with_dst(pod);
-        let r = run(&d, &Fixture::new(format!("rev-snat-{l}"), HostIngress, reply.build(), TC_ACT_OK, Expect::Bytes(expected.build())));
+        let expected = reply.clone().with_dst(pod).macs(POD_A.entry.pod_mac, POD_A.entry.host_mac);
+        let r = run(&d, &Fixture::new(format!("rev-snat-{l}"), HostIngress, reply.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
         checked(&r.packet, &format!("rev-snat-{l}"));
 
         // Not the flow's reply (other remote port): untouched.
@@ -621,8 +622,8 @@ fn masquerade_icmp_echo_by_identifier() {
 
         // The echo reply goes back to the pod with its own identifier.
         let reply = Pkt::new(&sock(internet(v6), 0).to_string(), &sock(masq(v6), id).to_string(), ICMP);
-        let expected = reply.clone().with_dst(sock(pod, 777));
-        run(&d, &Fixture::new(format!("rev-snat-{l}"), HostIngress, reply.build(), TC_ACT_OK, Expect::Bytes(expected.build())));
+        let expected = reply.clone().with_dst(sock(pod, 777)).macs(POD_A.entry.pod_mac, POD_A.entry.host_mac);
+        run(&d, &Fixture::new(format!("rev-snat-{l}"), HostIngress, reply.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
         // An echo reply leaving the node (the node answering a ping) is not masqueraded.
         let answer = Pkt::new(&sock(pod, 0).to_string(), &sock(internet(v6), 5).to_string(), ICMP);
         run(&d, &Fixture::new(format!("echo-reply-out-{l}"), HostEgress, answer.build(), TC_ACT_OK, Expect::Unchanged));
