@@ -406,3 +406,45 @@ pub fn metric(d: &LoadedDevices, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter named {name}"))
         .value
 }
+
+/// `frame` (an Ethernet frame with an option-less IPv4 or extension-less
+/// IPv6 header) with Sluice's DSR option naming `vip` inserted after the IP
+/// header, as bpf/lib/pkt.h describes it: IPv4 option 0x9e, length 8, port,
+/// address (header length, total length and header checksum fixed); IPv6
+/// destination options header (next header 60) holding option 0x1e with 18
+/// bytes (port, address) and a PadN. The L4 checksum does not change.
+pub fn with_dsr_option(frame: &[u8], vip: SocketAddr) -> Vec<u8> {
+    let mut out = frame[..14].to_vec();
+    match vip.ip() {
+        IpAddr::V4(a) => {
+            let mut ip = frame[14..34].to_vec();
+            assert_eq!(ip[0], 0x45, "an IPv4 header without options");
+            ip[0] = 0x47;
+            let tot = u16::from_be_bytes([ip[2], ip[3]]) + 8;
+            ip[2..4].copy_from_slice(&tot.to_be_bytes());
+            ip.extend([0x9e, 8]);
+            ip.extend(vip.port().to_be_bytes());
+            ip.extend(a.octets());
+            ip[10] = 0;
+            ip[11] = 0;
+            let c = checksum(&ip, 0);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            out.extend(ip);
+            out.extend(&frame[34..]);
+        }
+        IpAddr::V6(a) => {
+            let mut ip = frame[14..54].to_vec();
+            let next = ip[6];
+            ip[6] = 60;
+            let plen = u16::from_be_bytes([ip[4], ip[5]]) + 24;
+            ip[4..6].copy_from_slice(&plen.to_be_bytes());
+            out.extend(ip);
+            out.extend([next, 2, 0x1e, 18]);
+            out.extend(vip.port().to_be_bytes());
+            out.extend(a.octets());
+            out.extend([1, 0]);
+            out.extend(&frame[54..]);
+        }
+    }
+    out
+}

@@ -1,0 +1,358 @@
+//! Traffic from outside the node at the external device (bpf/lib/nodeport.h),
+//! with BPF_PROG_TEST_RUN and packet fixtures: input frame, expected
+//! verdict, expected output bytes (a pcap in the test target's tmp dir on a
+//! mismatch). IPv4 and IPv6, TCP and UDP.
+//!
+//! The programs forward translated packets after a FIB lookup, so the runs
+//! happen inside a throwaway network namespace with a known routing table:
+//! `ext0` (MAC 02:00:00:00:00:01) holds the node's addresses, the clients'
+//! network is behind a router (MAC 02:00:00:00:00:fe) and the remote
+//! backends' pod network behind the other node (MAC 02:00:00:00:00:02),
+//! both with permanent neighbour entries, so the expected MACs are known.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::*;
+use sluice_datapath::pod::DeviceProgram::{FromPod, HostEgress, HostIngress};
+use sluice_datapath::pod::{EndpointEntry, LoadedDevices, NodeConfig, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use sluice_lb::{BackendKey, FrontendKey, LbMaps, MapOp, Protocol, Scope, SvcKey, SvcVal};
+use libbpf_rs::MapCore;
+use sluice_testbed::netns::Netns;
+
+const NODE4: &str = "192.0.2.1";
+const NODE6: &str = "fd00:50::1";
+const EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const POD_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x0a];
+const HOST_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x0a];
+
+const SVC_F_NODEPORT: u16 = 1 << 1;
+const SVC_F_EXTERNAL_IP: u16 = 1 << 2;
+const SVC_F_DSR: u16 = 1 << 6;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sock(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn proto_of(p: u8) -> Protocol {
+    if p == TCP {
+        Protocol::TCP
+    } else {
+        Protocol::UDP
+    }
+}
+
+fn combos() -> Vec<(bool, u8)> {
+    vec![(false, TCP), (false, UDP), (true, TCP), (true, UDP)]
+}
+
+fn label(v6: bool, proto: u8) -> String {
+    format!("{}-{}", if v6 { "ipv6" } else { "ipv4" }, if proto == TCP { "tcp" } else { "udp" })
+}
+
+fn node(v6: bool) -> &'static str {
+    if v6 {
+        NODE6
+    } else {
+        NODE4
+    }
+}
+
+fn client(v6: bool) -> &'static str {
+    if v6 {
+        "2001:db8::7"
+    } else {
+        "203.0.113.7"
+    }
+}
+
+/// A pod on this node (an endpoint in sl_ep_v1).
+fn local_pod(v6: bool) -> &'static str {
+    if v6 {
+        "fd00:1::a"
+    } else {
+        "10.1.0.10"
+    }
+}
+
+/// A pod on the other node (routed via 192.0.2.2 / fd00:50::2).
+fn remote_pod(v6: bool) -> &'static str {
+    if v6 {
+        "fd00:2::5"
+    } else {
+        "10.2.0.5"
+    }
+}
+
+/// The namespace the runs happen in (see the module docs).
+fn topology() -> Netns {
+    let ns = Netns::new("sl-nppkt").unwrap();
+    ns.ip_batch(&[
+        "link set lo up",
+        "link add ext0 address 02:00:00:00:00:01 type veth peer name ext0p",
+        "link set ext0 up",
+        "link set ext0p up",
+        "addr add 192.0.2.1/24 dev ext0",
+        "addr add fd00:50::1/64 dev ext0 nodad",
+        "route add 203.0.113.0/24 via 192.0.2.254",
+        "route add 10.2.0.0/16 via 192.0.2.2",
+        "route add 2001:db8::/64 via fd00:50::fe",
+        "route add fd00:2::/64 via fd00:50::2",
+        "neigh add 192.0.2.254 lladdr 02:00:00:00:00:fe dev ext0 nud permanent",
+        "neigh add 192.0.2.2 lladdr 02:00:00:00:00:02 dev ext0 nud permanent",
+        "neigh add fd00:50::fe lladdr 02:00:00:00:00:fe dev ext0 nud permanent",
+        "neigh add fd00:50::2 lladdr 02:00:00:00:00:02 dev ext0 nud permanent",
+    ])
+    .unwrap();
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    ns
+}
+
+fn setup(snat_ports: (u16, u16)) -> LoadedDevices {
+    require_root();
+    let d = LoadedDevices::load().expect("loading the pod and host objects");
+    let pod = d.pod_datapath().unwrap();
+    let e = EndpointEntry { id: 1, host_ifindex: 11, host_mac: HOST_MAC, pod_mac: POD_MAC };
+    pod.set_endpoint(ip(local_pod(false)), &e).unwrap();
+    pod.set_endpoint(ip(local_pod(true)), &e).unwrap();
+    pod.set_node_config(&NodeConfig {
+        masquerade: false,
+        masq_ip4: Some(ip(NODE4).to_string().parse().unwrap()),
+        masq_ip6: Some(ip(NODE6).to_string().parse().unwrap()),
+        pod_cidrs: vec![(ip("10.1.0.0"), 16), (ip("fd00:1::"), 64)],
+        no_masq_cidrs: vec![],
+        snat_ports,
+    })
+    .unwrap();
+    d.lb_maps().unwrap().set_node_addrs(&[ip(NODE4), ip(NODE6)].into_iter().collect()).unwrap();
+    d
+}
+
+/// A frontend with its backends, written as the agent writes one.
+fn frontend(d: &LoadedDevices, id: u32, frontend: FrontendKey, flags: u16, backends: &[(u32, SocketAddr)]) {
+    let mut ops = Vec::new();
+    for (bid, b) in backends {
+        ops.push(MapOp::UpsertBackend(*bid, BackendKey { addr: b.ip(), port: b.port(), proto: frontend.proto }));
+    }
+    ops.push(MapOp::UpsertRevNat(id, frontend));
+    for (i, (bid, _)) in backends.iter().enumerate() {
+        ops.push(MapOp::UpsertService(
+            SvcKey { frontend, slot: i as u16 + 1 },
+            SvcVal { backend_id: *bid, count: 0, rev_nat_id: id, affinity_timeout: 0, flags: 0 },
+        ));
+    }
+    ops.push(MapOp::UpsertService(
+        SvcKey { frontend, slot: 0 },
+        SvcVal { backend_id: 0, count: backends.len() as u32, rev_nat_id: id, affinity_timeout: 0, flags },
+    ));
+    d.lb_maps().unwrap().apply(&ops).unwrap();
+}
+
+fn node_port(d: &LoadedDevices, id: u32, v6: bool, proto: u8, flags: u16, backend: SocketAddr) {
+    frontend(d, id, FrontendKey::node_port(v6, 30080, proto_of(proto)), flags | SVC_F_NODEPORT, &[(id, backend)]);
+}
+
+#[test]
+fn nodeport_to_a_local_pod_and_its_reply() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        for (i, (v6, proto)) in combos().into_iter().enumerate() {
+            let l = label(v6, proto);
+            let backend = sock(local_pod(v6), 8080);
+            node_port(&d, 10 + i as u32, v6, proto, 0, backend);
+            let c = sock(client(v6), 40000);
+            let front = sock(node(v6), 30080);
+            // In: DNAT, straight into the pod (redirect_peer) with its MACs;
+            // the client's address is kept.
+            let input = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            let expected = input.clone().with_dst(backend).macs(POD_MAC, HOST_MAC);
+            run(&d, &Fixture::new(format!("np-local-in-{l}"), HostIngress, input.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+            // Out: the pod's reply gets the node address and node port back as
+            // its source and is forwarded to the client's router.
+            let reply = Pkt::new(&backend.to_string(), &c.to_string(), proto).macs(HOST_MAC, POD_MAC);
+            let expected = reply.clone().with_src(front).macs(ROUTER_MAC, EXT_MAC);
+            run(&d, &Fixture::new(format!("np-local-reply-{l}"), FromPod, reply.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+            // The next packet of the flow follows conntrack.
+            run(&d, &Fixture::new(format!("np-local-again-{l}"), HostIngress, input.build(), TC_ACT_REDIRECT, Expect::Bytes(input.clone().with_dst(backend).macs(POD_MAC, HOST_MAC).build())));
+        }
+    });
+    assert_eq!(metric(&d, "nodeport_local"), 8);
+    assert_eq!(metric(&d, "fib_redirect"), 4);
+}
+
+/// Run `input` through the external device's ingress; expect a redirect to
+/// the other node with the backend as destination, the node address as
+/// source; return the allocated source.
+fn snat_out(d: &LoadedDevices, desc: &str, input: &Pkt, backend: SocketAddr) -> SocketAddr {
+    let r = d.run(HostIngress, &input.build()).unwrap();
+    assert_eq!(verdict_name(r.verdict), verdict_name(TC_ACT_REDIRECT), "{desc}");
+    let p = parse_and_verify(&r.packet).unwrap_or_else(|e| panic!("{desc}: {e}"));
+    assert_eq!(p.dst, backend, "{desc}");
+    assert_eq!(p.dst_mac, OTHER_NODE_MAC, "{desc}");
+    assert_eq!(p.src_mac, EXT_MAC, "{desc}");
+    // Exactly the input with the new addresses (checksums from scratch).
+    let expected = input.clone().with_dst(backend).with_src(p.src).macs(OTHER_NODE_MAC, EXT_MAC);
+    assert_eq!(r.packet, expected.build(), "{desc}: bytes");
+    p.src
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        for (i, (v6, proto)) in combos().into_iter().enumerate() {
+            let l = label(v6, proto);
+            let backend = sock(remote_pod(v6), 8080);
+            node_port(&d, 20 + i as u32, v6, proto, 0, backend);
+            let c = sock(client(v6), 40000);
+            let front = sock(node(v6), 30080);
+            let input = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            let snat = snat_out(&d, &format!("np-snat-{l}"), &input, backend);
+            assert_eq!(snat.ip(), ip(node(v6)), "{l}");
+            assert!((40000..=40999).contains(&snat.port()), "{l}: port {}", snat.port());
+            // Same flow, same port.
+            assert_eq!(snat_out(&d, &format!("np-snat-again-{l}"), &input, backend), snat, "{l}");
+
+            // The reply from the other node: client back as destination, the
+            // node port as source, to the client's router.
+            let reply = Pkt::new(&backend.to_string(), &snat.to_string(), proto).macs(EXT_MAC, OTHER_NODE_MAC);
+            let expected = reply.clone().with_dst(c).with_src(front).macs(ROUTER_MAC, EXT_MAC);
+            run(&d, &Fixture::new(format!("np-snat-reply-{l}"), HostIngress, reply.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+
+            // Leaving through the external device, neither direction is
+            // touched again.
+            run(&d, &Fixture::new(format!("np-snat-egress-{l}"), HostEgress, expected.build(), TC_ACT_OK, Expect::Unchanged));
+        }
+    });
+    assert_eq!(metric(&d, "nodeport_snat"), 8);
+    assert_eq!(metric(&d, "nodeport_reply"), 4);
+    let nat = d.pod_datapath().unwrap().nat_entries().unwrap();
+    assert_eq!(nat.len(), 8, "{nat:#?}");
+    let ct = d.pod_datapath().unwrap().ct_entries().unwrap();
+    assert_eq!(ct.len(), 8, "{ct:#?}");
+}
+
+#[test]
+fn a_nat_entry_without_its_conntrack_entry_is_dropped_and_removed() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        let backend = sock(remote_pod(false), 8080);
+        node_port(&d, 30, false, TCP, 0, backend);
+        let c = sock(client(false), 40000);
+        let input = Pkt::tcp(&c.to_string(), &sock(NODE4, 30080).to_string());
+        let snat = snat_out(&d, "orphan-out", &input, backend);
+        // Conntrack loses the flow (LRU eviction, say).
+        let ct_map = d.map("sl_ct_v1").unwrap();
+        for k in ct_map.keys().collect::<Vec<_>>() {
+            ct_map.delete(&k).unwrap();
+        }
+        let reply = Pkt::tcp(&backend.to_string(), &snat.to_string());
+        run(&d, &Fixture::new("orphan-reply", HostIngress, reply.build(), TC_ACT_SHOT, Expect::Any));
+    });
+    assert_eq!(metric(&d, "drop_nat_orphan"), 1);
+    assert!(d.pod_datapath().unwrap().nat_entries().unwrap().is_empty(), "the NAT pair went with it");
+}
+
+#[test]
+fn snat_port_exhaustion_drops_new_flows_and_counts_them() {
+    let ns = topology();
+    // One port: the second client to the same backend finds it taken.
+    let d = setup((40000, 40000));
+    ns.enter(|| {
+        let backend = sock(remote_pod(false), 8080);
+        node_port(&d, 31, false, UDP, 0, backend);
+        let first = Pkt::udp(&sock(client(false), 1000).to_string(), &sock(NODE4, 30080).to_string());
+        assert_eq!(snat_out(&d, "exhaust-first", &first, backend).port(), 40000);
+        let second = Pkt::udp(&sock(client(false), 1001).to_string(), &sock(NODE4, 30080).to_string());
+        run(&d, &Fixture::new("exhaust-second", HostIngress, second.build(), TC_ACT_SHOT, Expect::Any));
+        // The first flow still works.
+        assert_eq!(snat_out(&d, "exhaust-first-again", &first, backend).port(), 40000);
+    });
+    assert_eq!(metric(&d, "drop_snat_ports_exhausted"), 1);
+}
+
+#[test]
+fn dsr_carries_the_frontend_to_the_backends_node_which_takes_it_out() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        for (i, (v6, proto)) in combos().into_iter().enumerate() {
+            let l = label(v6, proto);
+            let backend = sock(remote_pod(v6), 8080);
+            node_port(&d, 40 + i as u32, v6, proto, SVC_F_DSR, backend);
+            let c = sock(client(v6), 40000);
+            let front = sock(node(v6), 30080);
+            // First packet (a SYN for TCP): DNAT, the client stays the
+            // source, the frontend rides along in the option.
+            let mut first = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            if proto == TCP {
+                first = first.flags(SYN);
+            }
+            let plain = first.clone().with_dst(backend).macs(OTHER_NODE_MAC, EXT_MAC).build();
+            let expected = with_dsr_option(&plain, front);
+            run(&d, &Fixture::new(format!("dsr-first-{l}"), HostIngress, first.build(), TC_ACT_REDIRECT, Expect::Bytes(expected)));
+            // Later TCP packets carry no option; UDP always does.
+            let next = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            let plain = next.clone().with_dst(backend).macs(OTHER_NODE_MAC, EXT_MAC).build();
+            let expected = if proto == TCP { plain } else { with_dsr_option(&plain, front) };
+            run(&d, &Fixture::new(format!("dsr-next-{l}"), HostIngress, next.build(), TC_ACT_REDIRECT, Expect::Bytes(expected)));
+        }
+    });
+    assert_eq!(metric(&d, "nodeport_dsr"), 8);
+    assert!(d.pod_datapath().unwrap().nat_entries().unwrap().is_empty(), "DSR needs no NAT entry");
+
+    // The backend's node: a DSR packet to a pod here loses its option, goes
+    // into the pod, and the pod's reply leaves with the frontend as source.
+    let d2 = setup((40000, 40999));
+    ns.enter(|| {
+        for (v6, proto) in combos() {
+            let l = label(v6, proto);
+            let backend = sock(local_pod(v6), 8080);
+            let c = sock(client(v6), 41000);
+            let front = sock("198.51.100.20", 80);
+            let front = if v6 { sock("2001:db8:f::20", 80) } else { front };
+            let mut pkt = Pkt::new(&c.to_string(), &backend.to_string(), proto).macs(EXT_MAC, OTHER_NODE_MAC);
+            if proto == TCP {
+                pkt = pkt.flags(SYN);
+            }
+            let with_opt = with_dsr_option(&pkt.build(), front);
+            let expected = pkt.clone().macs(POD_MAC, HOST_MAC);
+            run(&d2, &Fixture::new(format!("dsr-backend-in-{l}"), HostIngress, with_opt, TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+            let reply = Pkt::new(&backend.to_string(), &c.to_string(), proto).macs(HOST_MAC, POD_MAC);
+            let expected = reply.clone().with_src(front).macs(ROUTER_MAC, EXT_MAC);
+            run(&d2, &Fixture::new(format!("dsr-backend-reply-{l}"), FromPod, reply.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+        }
+    });
+    assert_eq!(metric(&d2, "dsr_backend"), 4);
+}
+
+#[test]
+fn clusterip_is_not_reachable_from_outside_and_unknown_ports_pass() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        let vip = sock("10.96.0.10", 80);
+        let f = FrontendKey { addr: vip.ip(), port: 80, proto: Protocol::TCP, scope: Scope::Vip };
+        frontend(&d, 50, f, 0, &[(50, sock(remote_pod(false), 8080))]);
+        let input = Pkt::tcp(&sock(client(false), 1).to_string(), &vip.to_string());
+        run(&d, &Fixture::new("clusterip-from-outside", HostIngress, input.build(), TC_ACT_OK, Expect::Unchanged));
+        // The same address as an ExternalIP frontend is reachable.
+        frontend(&d, 51, f, SVC_F_EXTERNAL_IP, &[(51, sock(remote_pod(false), 8080))]);
+        snat_out(&d, "externalip-from-outside", &input, sock(remote_pod(false), 8080));
+        // Another port of the node: untouched.
+        let other = Pkt::tcp(&sock(client(false), 1).to_string(), &sock(NODE4, 22).to_string());
+        run(&d, &Fixture::new("node-ssh", HostIngress, other.build(), TC_ACT_OK, Expect::Unchanged));
+    });
+    assert_eq!(metric(&d, "clusterip_from_outside"), 1);
+}
