@@ -82,7 +82,9 @@ static __always_inline __u8 sl_np_path(const struct sl_backend *be, __u16 ct_fla
  */
 static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flow *f)
 {
-	struct sl_ct_key fk = {
+	/* One key and one value, used for both entries in turn: this runs
+	 * in XDP's frame too, where the stack is short. */
+	struct sl_ct_key k = {
 		.saddr = p->saddr,
 		.daddr = p->daddr,
 		.sport = p->sport,
@@ -90,17 +92,16 @@ static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flo
 		.proto = p->proto,
 		.dir = SL_CT_DIR_FWD,
 	};
-	struct sl_ct_key rk = {};
-	struct sl_ct_val *fv, nv = {}, rv = {};
+	struct sl_ct_val *fv, v = {};
 	struct sl_svc_key key = {};
 	struct sl_svc_val *master;
-	struct sl_backend be = {}, *bp;
+	struct sl_backend *bp;
 	__u32 be_id = 0, hash;
 	__u16 flags = SL_CT_F_NODEPORT;
 	bool local_only = false;
 	__u64 now = bpf_ktime_get_ns();
 
-	fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
+	fv = bpf_map_lookup_elem(&sl_ct_v1, &k);
 	if (fv && sl_ct_alive(fv, now) && (fv->flags & SL_CT_F_NODEPORT)) {
 		__u32 id = fv->backend_id;
 
@@ -140,15 +141,15 @@ static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flo
 		return SL_XLATE_DROP;
 	}
 	hash = sl_maglev_flow_hash(&p->saddr, &p->daddr, p->sport, p->dport, p->proto);
-	if (sl_lb_pick(&key, master, hash, sl_ct_client(&p->saddr), &be, &be_id)) {
+	if (sl_lb_pick(&key, master, hash, sl_ct_client(&p->saddr), &f->be, &be_id)) {
 		sl_count(SL_M_DROP_BACKEND_MISSING);
 		return SL_XLATE_DROP;
 	}
-	if (sl_addr_is_v4(&be.addr) == (bool)p->v6) {
+	if (sl_addr_is_v4(&f->be.addr) == (bool)p->v6) {
 		sl_count(SL_M_DROP_FAMILY_MISMATCH);
 		return SL_XLATE_DROP;
 	}
-	f->path = sl_np_path(&be, 0);
+	f->path = sl_np_path(&f->be, 0);
 	if (f->path == SL_NP_ROUTE && !local_only) {
 		if (master->flags & SL_SVC_F_DSR) {
 			flags |= SL_CT_F_DSR;
@@ -158,39 +159,47 @@ static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flo
 			f->path = SL_NP_SNAT;
 		}
 	}
-
-	nv.nat_addr = be.addr;
-	nv.nat_port = be.port;
-	nv.flags = flags;
-	nv.rev_nat_id = master->rev_nat_id;
-	nv.backend_id = be_id;
-	nv.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S;
-	nv.last_seen_ns = now;
-	nv.created_ns = now;
-	if (sl_tcp_closing(p))
-		sl_ct_set_closing(&nv);
-
-	rk.saddr = be.addr;
-	rk.daddr = p->saddr;
-	rk.sport = be.port;
-	rk.dport = p->sport;
-	rk.proto = p->proto;
-	rk.dir = SL_CT_DIR_REV;
-	rv = nv;
-	rv.nat_addr = p->daddr;
-	rv.nat_port = p->dport;
-	/* Reverse first, as in sl_ct_service(). */
-	if (bpf_map_update_elem(&sl_ct_v1, &rk, &rv, BPF_ANY)) {
-		sl_count(SL_M_DROP_CT_MAP_FULL);
-		return SL_XLATE_DROP;
-	}
-	if (bpf_map_update_elem(&sl_ct_v1, &fk, &nv, BPF_ANY)) {
-		bpf_map_delete_elem(&sl_ct_v1, &rk);
-		sl_count(SL_M_DROP_CT_MAP_FULL);
-		return SL_XLATE_DROP;
-	}
-	f->be = be;
 	f->ct_flags = flags;
+
+	/* Reverse first, as in sl_ct_service(): backend -> client, naming
+	 * the frontend. */
+	v.nat_addr = p->daddr;
+	v.nat_port = p->dport;
+	v.flags = flags;
+	v.rev_nat_id = master->rev_nat_id;
+	v.backend_id = be_id;
+	v.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S;
+	v.last_seen_ns = now;
+	v.created_ns = now;
+	if (sl_tcp_closing(p))
+		sl_ct_set_closing(&v);
+	k.saddr = f->be.addr;
+	k.daddr = p->saddr;
+	k.sport = f->be.port;
+	k.dport = p->sport;
+	k.dir = SL_CT_DIR_REV;
+	if (bpf_map_update_elem(&sl_ct_v1, &k, &v, BPF_ANY)) {
+		sl_count(SL_M_DROP_CT_MAP_FULL);
+		return SL_XLATE_DROP;
+	}
+	/* Forward: client -> frontend, naming the backend. */
+	v.nat_addr = f->be.addr;
+	v.nat_port = f->be.port;
+	k.saddr = p->saddr;
+	k.daddr = p->daddr;
+	k.sport = p->sport;
+	k.dport = p->dport;
+	k.dir = SL_CT_DIR_FWD;
+	if (bpf_map_update_elem(&sl_ct_v1, &k, &v, BPF_ANY)) {
+		k.saddr = f->be.addr;
+		k.daddr = p->saddr;
+		k.sport = f->be.port;
+		k.dport = p->sport;
+		k.dir = SL_CT_DIR_REV;
+		bpf_map_delete_elem(&sl_ct_v1, &k);
+		sl_count(SL_M_DROP_CT_MAP_FULL);
+		return SL_XLATE_DROP;
+	}
 	return SL_XLATE_DONE;
 }
 

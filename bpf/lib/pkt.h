@@ -94,13 +94,24 @@ struct sl_dsr_ext6 {
 #define SL_PARSE_NOT_IP		1	/* ARP and the like: not ours */
 #define SL_PARSE_MALFORMED	(-1)
 
-static __always_inline int sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *p, __u32 l4_len)
+/*
+ * One parser for tc and XDP: @xdp is a constant at every call site, so after
+ * inlining only the matching helper call is left in each program.
+ */
+static __always_inline long sl_load(void *ctx, bool xdp, __u32 off, void *to, __u32 len)
+{
+	if (xdp)
+		return bpf_xdp_load_bytes(ctx, off, to, len);
+	return bpf_skb_load_bytes(ctx, off, to, len);
+}
+
+static __always_inline int sl_parse_l4(void *skb, bool xdp, struct sl_pkt *p, __u32 l4_len)
 {
 	if (p->proto == IPPROTO_TCP_) {
 		__u8 th[20];
 		__u32 doff;
 
-		if (l4_len < 20 || bpf_skb_load_bytes(skb, p->l4_off, th, sizeof(th)))
+		if (l4_len < 20 || sl_load(skb, xdp, p->l4_off, th, sizeof(th)))
 			return SL_PARSE_MALFORMED;
 		doff = (th[12] >> 4) * 4;
 		if (doff < 20 || doff > l4_len)
@@ -112,7 +123,7 @@ static __always_inline int sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *p, 
 	} else if (p->proto == IPPROTO_UDP_) {
 		__u8 uh[8];
 
-		if (l4_len < 8 || bpf_skb_load_bytes(skb, p->l4_off, uh, sizeof(uh)))
+		if (l4_len < 8 || sl_load(skb, xdp, p->l4_off, uh, sizeof(uh)))
 			return SL_PARSE_MALFORMED;
 		__builtin_memcpy(&p->sport, &uh[0], 2);
 		__builtin_memcpy(&p->dport, &uh[2], 2);
@@ -122,7 +133,7 @@ static __always_inline int sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *p, 
 		__u8 req = p->v6 ? ICMPV6_ECHO_REQUEST_ : ICMP_ECHO_REQUEST_;
 		__u8 rep = p->v6 ? ICMPV6_ECHO_REPLY_ : ICMP_ECHO_REPLY_;
 
-		if (l4_len < 8 || bpf_skb_load_bytes(skb, p->l4_off, ih, sizeof(ih)))
+		if (l4_len < 8 || sl_load(skb, xdp, p->l4_off, ih, sizeof(ih)))
 			return SL_PARSE_MALFORMED;
 		if (ih[0] == req)
 			__builtin_memcpy(&p->sport, &ih[4], 2);
@@ -141,19 +152,18 @@ static __always_inline int sl_parse_l4(struct __sk_buff *skb, struct sl_pkt *p, 
  * are not walked: a packet with one is treated as "other protocol".
  * A length of 0 in the IP header (BIG TCP) means "the rest of the skb".
  */
-static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
+static __always_inline int sl_parse_any(void *skb, bool xdp, __u32 len, struct sl_pkt *p)
 {
-	__u32 len = skb->len;
 	__be16 eth_proto;
 
-	if (len < ETH_HLEN_ || bpf_skb_load_bytes(skb, 12, &eth_proto, 2))
+	if (len < ETH_HLEN_ || sl_load(skb, xdp, 12, &eth_proto, 2))
 		return SL_PARSE_MALFORMED;
 
 	if (eth_proto == bpf_htons(ETH_P_IP_)) {
 		struct iphdr ip;
 		__u32 hl, tot;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip, sizeof(ip)))
+		if (sl_load(skb, xdp, ETH_HLEN_, &ip, sizeof(ip)))
 			return SL_PARSE_MALFORMED;
 		if (ip.version != 4 || ip.ihl < 5)
 			return SL_PARSE_MALFORMED;
@@ -171,19 +181,19 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
 		if (ip.ihl == 7) {
 			__u8 o[2];
 
-			if (!bpf_skb_load_bytes(skb, ETH_HLEN_ + 20, o, 2) &&
+			if (!sl_load(skb, xdp, ETH_HLEN_ + 20, o, 2) &&
 			    o[0] == SL_DSR_OPT4_TYPE && o[1] == SL_DSR_OPT4_LEN)
 				p->dsr = SL_DSR_IN_OPT4;
 		}
 		if (ip.frag_off & bpf_htons(IP_MF_ | IP_OFFSET_))
 			return SL_PARSE_OK;
-		return sl_parse_l4(skb, p, tot - hl);
+		return sl_parse_l4(skb, xdp, p, tot - hl);
 	}
 	if (eth_proto == bpf_htons(ETH_P_IPV6_)) {
 		struct ipv6hdr ip6;
 		__u32 plen;
 
-		if (bpf_skb_load_bytes(skb, ETH_HLEN_, &ip6, sizeof(ip6)))
+		if (sl_load(skb, xdp, ETH_HLEN_, &ip6, sizeof(ip6)))
 			return SL_PARSE_MALFORMED;
 		if (ip6.version != 6)
 			return SL_PARSE_MALFORMED;
@@ -200,7 +210,7 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
 		if (ip6.nexthdr == IPPROTO_DSTOPTS_ && plen >= SL_DSR_EXT6_LEN) {
 			__u8 e[4];
 
-			if (!bpf_skb_load_bytes(skb, p->l4_off, e, 4) && e[1] == 2 &&
+			if (!sl_load(skb, xdp, p->l4_off, e, 4) && e[1] == 2 &&
 			    e[2] == SL_DSR_OPT6_TYPE && e[3] == SL_DSR_OPT6_DATA) {
 				p->dsr = SL_DSR_IN_EXT6;
 				p->proto = e[0];
@@ -208,9 +218,19 @@ static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
 				plen -= SL_DSR_EXT6_LEN;
 			}
 		}
-		return sl_parse_l4(skb, p, plen);
+		return sl_parse_l4(skb, xdp, p, plen);
 	}
 	return SL_PARSE_NOT_IP;
+}
+
+static __always_inline int sl_parse(struct __sk_buff *skb, struct sl_pkt *p)
+{
+	return sl_parse_any(skb, false, skb->len, p);
+}
+
+static __always_inline int sl_xdp_parse(struct xdp_md *ctx, struct sl_pkt *p)
+{
+	return sl_parse_any(ctx, true, (__u32)bpf_xdp_get_buff_len(ctx), p);
 }
 
 static __always_inline __u32 sl_l4_csum_off(const struct sl_pkt *p)

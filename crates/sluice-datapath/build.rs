@@ -7,7 +7,7 @@ use std::{env, path::PathBuf, process::Command};
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGRAMS: &[&str] = &["sock", "sock_term", "lxc", "host"];
+const PROGRAMS: &[&str] = &["sock", "sock_term", "lxc", "host", "xdp"];
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
