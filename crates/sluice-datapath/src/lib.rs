@@ -42,6 +42,11 @@ pub mod skel_host {
     include!(concat!(env!("OUT_DIR"), "/host.skel.rs"));
 }
 
+#[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
+pub mod skel_xdp {
+    include!(concat!(env!("OUT_DIR"), "/xdp.skel.rs"));
+}
+
 pub use lbmaps::{KernelMaps, Metric};
 pub use loader::{install, uninstall, DatapathConfig, InstallReport, LinkStatus};
 

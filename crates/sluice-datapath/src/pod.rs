@@ -34,6 +34,7 @@ use crate::lbmaps::{KernelMaps, Metric};
 use crate::loader::{check_sizes, map_pin, open_pinned, prog_pin, LinkStatus};
 use crate::skel_host::types::{sl_cidr, sl_nat_key, sl_nat_val, sl_node_cfg};
 use crate::skel_host::{HostSkel, HostSkelBuilder};
+use crate::skel_xdp::{XdpSkel, XdpSkelBuilder};
 use crate::skel_lxc::types::{sl_addr, sl_ct_key, sl_ct_val, sl_ep_val};
 use crate::skel_lxc::{LxcSkel, LxcSkelBuilder};
 use crate::{DatapathError, LAYOUT_VERSION};
@@ -57,6 +58,49 @@ pub const SNAT_MAP: &str = "sl_snat_v1";
 /// order ingress, egress of each.
 pub const POD_PROGRAMS: [&str; 2] = ["sl_from_pod", "sl_to_pod"];
 pub const HOST_PROGRAMS: [&str; 2] = ["sl_host_ingress", "sl_host_egress"];
+/// The external devices' XDP program (`bpf/xdp.bpf.c`), pinned under
+/// `progs/` like the others; its links under `links/xdp/<ifname>_v1`.
+pub const XDP_PROGRAM: &str = "sl_host_xdp";
+
+/// How the XDP program is attached to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (`XDP_FLAGS_DRV_MODE`): refused by devices without
+    /// native XDP support.
+    Native,
+    /// Generic XDP (`XDP_FLAGS_SKB_MODE`): any device, after the skb is
+    /// allocated; for testing and devices without driver support.
+    Generic,
+}
+
+impl XdpMode {
+    fn flags(self) -> u32 {
+        match self {
+            XdpMode::Native => 1 << 2,  // XDP_FLAGS_DRV_MODE
+            XdpMode::Generic => 1 << 1, // XDP_FLAGS_SKB_MODE
+        }
+    }
+}
+
+/// `<pin_dir>/links/xdp/<ifname>_v1`.
+fn xdp_link_pin(pin_dir: &Path, ifname: &str) -> PathBuf {
+    pin_dir.join("links").join("xdp").join(format!("{ifname}_v{LAYOUT_VERSION}"))
+}
+
+/// The device an XDP link is attached to (0 once the device is gone).
+fn xdp_link_ifindex(link: BorrowedFd<'_>) -> Option<u32> {
+    // SAFETY: bpf_link_info is plain data; zero is a valid value.
+    let mut info: libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libbpf_sys::bpf_link_info>() as u32;
+    // SAFETY: info and len describe a writable buffer of len bytes.
+    let r = unsafe { libbpf_sys::bpf_link_get_info_by_fd(link.as_raw_fd(), &mut info, &mut len) };
+    if r != 0 || info.type_ != libbpf_sys::BPF_LINK_TYPE_XDP {
+        return None;
+    }
+    // SAFETY: the kernel filled the xdp member for an XDP link.
+    Some(unsafe { info.__bindgen_anon_1.xdp.ifindex })
+}
 
 /// Limits of `struct sl_node_cfg` (`bpf/include/cfg.h`).
 pub const MAX_POD_CIDRS: usize = 4;
@@ -441,14 +485,33 @@ pub(crate) fn adopt_device_links(pin_dir: &Path) -> Result<Vec<LinkStatus>, Data
             }
         }
     }
+    let dir = pin_dir.join("links").join("xdp");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let pin = e.path();
+        let prog = obj_get(&prog_pin(pin_dir, XDP_PROGRAM))?;
+        let link = obj_get(&pin)?;
+        let state = match xdp_link_ifindex(link.as_fd()) {
+            Some(ifindex) if ifindex != 0 => {
+                // SAFETY: both descriptors are valid for the call.
+                let r = unsafe { libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_raw_fd(), std::ptr::null()) };
+                if r == 0 { "adopted".to_string() } else { format!("program swap failed: {}", sys_err(r)) }
+            }
+            _ => {
+                drop(link);
+                std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
+                "device gone: pin removed".to_string()
+            }
+        };
+        out.push(LinkStatus { program: XDP_PROGRAM.to_string(), pin: pin.display().to_string(), state });
+    }
     Ok(out)
 }
 
 /// Remove every device link pin (detaching the links). For uninstall.
 pub(crate) fn remove_device_links(pin_dir: &Path) -> Result<Vec<String>, DatapathError> {
     let mut removed = Vec::new();
-    for kind in [DevKind::Pod, DevKind::Host] {
-        let dir = pin_dir.join("links").join(kind.dir());
+    for sub in [DevKind::Pod.dir(), DevKind::Host.dir(), "xdp"] {
+        let dir = pin_dir.join("links").join(sub);
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let p = e.path();
             if unpin_link(&p)? {
@@ -535,6 +598,77 @@ impl PodDatapath {
 
     pub fn detach_host(&self, ifname: &str) -> Result<(), DatapathError> {
         self.detach_kind(DevKind::Host, ifname)
+    }
+
+    /// Attach the XDP program to an external device (link pinned under
+    /// `<pin_dir>/links/xdp/<ifname>_v1`). A link pinned for the same
+    /// device gets the program swapped in; attaching in another mode than
+    /// the pinned link's detaches that one first.
+    pub fn attach_xdp(&self, ifname: &str, ifindex: u32, mode: XdpMode) -> Result<&'static str, DatapathError> {
+        valid_ifname(ifname)?;
+        let pin_dir = self.pins()?;
+        let pin = xdp_link_pin(pin_dir, ifname);
+        let prog = obj_get(&prog_pin(pin_dir, XDP_PROGRAM))?;
+        if pin.exists() {
+            if let Ok(link) = obj_get(&pin) {
+                if xdp_link_ifindex(link.as_fd()) == Some(ifindex) {
+                    // SAFETY: both descriptors are valid for the call.
+                    let r = unsafe { libbpf_sys::bpf_link_update(link.as_raw_fd(), prog.as_raw_fd(), std::ptr::null()) };
+                    if r == 0 {
+                        return Ok("adopted");
+                    }
+                }
+                // SAFETY: a valid link descriptor; failure is fine.
+                unsafe { libbpf_sys::bpf_link_detach(link.as_raw_fd()) };
+            }
+            std::fs::remove_file(&pin).map_err(DatapathError::io(format!("removing {}", pin.display())))?;
+        }
+        std::fs::create_dir_all(pin.parent().unwrap()).map_err(DatapathError::io("creating links/xdp"))?;
+        // SAFETY: bpf_link_create_opts is plain data; zero is valid.
+        let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
+        opts.flags = mode.flags();
+        // SAFETY: valid program descriptor and options.
+        let fd = unsafe { libbpf_sys::bpf_link_create(prog.as_raw_fd(), ifindex as i32, libbpf_sys::BPF_XDP, &opts) };
+        if fd < 0 {
+            let e = sys_err(fd);
+            let hint = if mode == XdpMode::Native && e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                " (the driver has no native XDP: use --xdp generic, or --xdp off to stay at tc)"
+            } else if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EEXIST) {
+                " (another XDP program is attached to the device)"
+            } else {
+                ""
+            };
+            return Err(DatapathError::Io { what: format!("attaching XDP ({mode:?}) to {ifname}{hint}"), source: e });
+        }
+        // SAFETY: fd is a fresh link descriptor that nothing else owns.
+        let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        let c = cpath(&pin)?;
+        // SAFETY: valid descriptor and NUL-terminated path.
+        let r = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
+        if r != 0 {
+            return Err(DatapathError::Io { what: format!("pinning {}", pin.display()), source: sys_err(r) });
+        }
+        Ok("attached")
+    }
+
+    /// Detach the XDP program from a device (removes its link pin).
+    pub fn detach_xdp(&self, ifname: &str) -> Result<bool, DatapathError> {
+        valid_ifname(ifname)?;
+        unpin_link(&xdp_link_pin(self.pins()?, ifname))
+    }
+
+    /// Names of devices with a pinned XDP link.
+    pub fn attached_xdp(&self) -> Vec<String> {
+        let Ok(pin_dir) = self.pins() else { return Vec::new() };
+        let mut out: Vec<String> = std::fs::read_dir(pin_dir.join("links").join("xdp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(&format!("_v{LAYOUT_VERSION}")).map(str::to_string))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Names of external devices with pinned host links.
@@ -686,6 +820,20 @@ pub fn install_devices_sized(
     })?;
     pin_progs(host.object(), pin_dir, &HOST_PROGRAMS)?;
 
+    let mut xdp_storage = Box::new(MaybeUninit::<OpenObject>::uninit());
+    let mut open = XdpSkelBuilder::default().open(&mut xdp_storage).map_err(DatapathError::bpf("opening the XDP object"))?;
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.sl_host_netns_cookie = host_netns_cookie;
+        ro.sl_maglev_m = maglev_size;
+    }
+    set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
+    let _xdp_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    let xdp = open.load().map_err(|e| DatapathError::Bpf {
+        what: "loading the XDP datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
+        source: e,
+    })?;
+    pin_progs(xdp.object(), pin_dir, &[XDP_PROGRAM])?;
+
     let links = adopt_device_links(pin_dir)?;
     adopted.sort();
     adopted.dedup();
@@ -734,6 +882,9 @@ pub enum DeviceProgram {
     HostIngress,
     /// `sl_host_egress`: leaving through the node's external device.
     HostEgress,
+    /// `sl_host_xdp`: the external device's XDP program (run with
+    /// [`LoadedDevices::run_xdp`] to give it an ingress device).
+    Xdp,
 }
 
 /// The verdict and the packet as the program left it.
@@ -748,6 +899,7 @@ pub struct RunResult {
 pub struct LoadedDevices {
     lxc: LxcSkel<'static>,
     host: HostSkel<'static>,
+    xdp: XdpSkel<'static>,
 }
 
 impl LoadedDevices {
@@ -780,7 +932,25 @@ impl LoadedDevices {
             }
         }
         let host = open.load().map_err(DatapathError::bpf("loading the host object"))?;
-        Ok(LoadedDevices { lxc, host })
+
+        let xdp_storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = XdpSkelBuilder::default().open(xdp_storage).map_err(DatapathError::bpf("opening the XDP object"))?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.sl_maglev_m = maglev_size;
+        }
+        for mut m in open.open_object_mut().maps_mut() {
+            let name = m.name().to_string_lossy().to_string();
+            if !crate::loader::MAPS.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(shared) = lxc.object().maps().find(|x| x.name().to_string_lossy() == name) {
+                m.reuse_fd(shared.as_fd()).map_err(DatapathError::bpf(format!("sharing {name}")))?;
+            } else if let Some(shared) = host.object().maps().find(|x| x.name().to_string_lossy() == name) {
+                m.reuse_fd(shared.as_fd()).map_err(DatapathError::bpf(format!("sharing {name}")))?;
+            }
+        }
+        let xdp = open.load().map_err(DatapathError::bpf("loading the XDP object"))?;
+        Ok(LoadedDevices { lxc, host, xdp })
     }
 
     /// A map of either object by name, as a handle of its own.
@@ -819,6 +989,7 @@ impl LoadedDevices {
             DeviceProgram::ToPod => &self.lxc.progs.sl_to_pod,
             DeviceProgram::HostIngress => &self.host.progs.sl_host_ingress,
             DeviceProgram::HostEgress => &self.host.progs.sl_host_egress,
+            DeviceProgram::Xdp => return self.run_xdp(packet, 0),
         };
         let mut out = vec![0u8; packet.len() + 512];
         let input = libbpf_rs::ProgramInput { data_in: Some(packet), data_out: Some(&mut out), ..Default::default() };
@@ -828,4 +999,33 @@ impl LoadedDevices {
         out.truncate(n);
         Ok(RunResult { verdict, packet: out })
     }
+
+    /// Run one frame through the XDP program as if it arrived on the
+    /// device `ingress_ifindex` (of the calling thread's network
+    /// namespace; 0: none). Redirects are reported, not performed.
+    pub fn run_xdp(&self, packet: &[u8], ingress_ifindex: u32) -> Result<RunResult, DatapathError> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex.
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0u8; packet.len() + 512];
+        let input = libbpf_rs::ProgramInput {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            context_in: if ingress_ifindex != 0 { Some(&mut ctx) } else { None },
+            ..Default::default()
+        };
+        let o = self.xdp.progs.sl_host_xdp.test_run(input).map_err(DatapathError::bpf("test run of the XDP program"))?;
+        let n = o.data.as_ref().map(|d| d.len()).unwrap_or(0);
+        let verdict = o.return_value;
+        out.truncate(n);
+        Ok(RunResult { verdict, packet: out })
+    }
 }
+
+/// XDP verdicts (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use common::*;
 use sluice_datapath::pod::DeviceProgram::{FromPod, HostEgress, HostIngress};
-use sluice_datapath::pod::{EndpointEntry, LoadedDevices, NodeConfig, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
+use sluice_datapath::pod::{EndpointEntry, LoadedDevices, NodeConfig, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 use sluice_lb::{BackendKey, FrontendKey, LbMaps, MapOp, Protocol, Scope, SvcKey, SvcVal};
 use libbpf_rs::MapCore;
 use sluice_testbed::netns::Netns;
@@ -355,4 +355,114 @@ fn clusterip_is_not_reachable_from_outside_and_unknown_ports_pass() {
         run(&d, &Fixture::new("node-ssh", HostIngress, other.build(), TC_ACT_OK, Expect::Unchanged));
     });
     assert_eq!(metric(&d, "clusterip_from_outside"), 1);
+}
+
+// ---------------------------------------------------------------- XDP
+
+fn xdp_name(v: u32) -> &'static str {
+    match v {
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "?",
+    }
+}
+
+/// Run a frame through XDP as arriving on ext0; check verdict and bytes
+/// (a pcap on mismatch, like the tc fixtures).
+fn xdp(d: &LoadedDevices, desc: &str, input: &[u8], verdict: u32, expected: Option<&[u8]>) -> Vec<u8> {
+    let ifindex = nix::net::if_::if_nametoindex("ext0").unwrap();
+    let r = d.run_xdp(input, ifindex).unwrap();
+    let want = expected.unwrap_or(input);
+    if r.verdict != verdict || r.packet != want {
+        let path = write_pcap(desc, &[input.to_vec(), want.to_vec(), r.packet.clone()]);
+        panic!("{desc}: verdict {} (expected {}), bytes equal: {}; pcap {}", xdp_name(r.verdict), xdp_name(verdict), r.packet == want, path.display());
+    }
+    r.packet
+}
+
+#[test]
+fn xdp_forwards_snat_flows_and_replies_and_leaves_the_rest_to_tc() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        for (i, (v6, proto)) in combos().into_iter().enumerate() {
+            let l = label(v6, proto);
+            let remote = sock(remote_pod(v6), 8080);
+            node_port(&d, 60 + i as u32, v6, proto, 0, remote);
+            let c = sock(client(v6), 42000);
+            let front = sock(node(v6), 30080);
+            let input = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            // XDP sends it back out of ext0 (the other node is behind it):
+            // XDP_TX, translated exactly as tc would.
+            let ifindex = nix::net::if_::if_nametoindex("ext0").unwrap();
+            let r = d.run_xdp(&input.build(), ifindex).unwrap();
+            assert_eq!(xdp_name(r.verdict), "XDP_TX", "{l}");
+            let p = parse_and_verify(&r.packet).unwrap_or_else(|e| panic!("xdp-snat-{l}: {e}"));
+            assert_eq!(p.dst, remote, "{l}");
+            assert_eq!(p.src.ip(), ip(node(v6)), "{l}");
+            let expected = input.clone().with_dst(remote).with_src(p.src).macs(OTHER_NODE_MAC, EXT_MAC);
+            assert_eq!(r.packet, expected.build(), "xdp-snat-{l}: bytes");
+            // tc agrees on the flow (same conntrack and NAT entries).
+            assert_eq!(snat_out(&d, &format!("tc-after-xdp-{l}"), &input, remote), p.src, "{l}");
+            // The reply, at XDP.
+            let reply = Pkt::new(&remote.to_string(), &p.src.to_string(), proto).macs(EXT_MAC, OTHER_NODE_MAC);
+            let expected = reply.clone().with_dst(c).with_src(front).macs(ROUTER_MAC, EXT_MAC);
+            xdp(&d, &format!("xdp-snat-reply-{l}"), &reply.build(), XDP_TX, Some(&expected.build()));
+
+            // A local backend: left to tc, untouched.
+            node_port(&d, 60 + i as u32, v6, proto, 0, sock(local_pod(v6), 8080));
+            let c2 = sock(client(v6), 42001);
+            let to_local = Pkt::new(&c2.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            xdp(&d, &format!("xdp-local-pass-{l}"), &to_local.build(), XDP_PASS, None);
+            let expected = to_local.clone().with_dst(sock(local_pod(v6), 8080)).macs(POD_MAC, HOST_MAC);
+            run(&d, &Fixture::new(format!("tc-after-xdp-local-{l}"), HostIngress, to_local.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+        }
+    });
+    assert_eq!(metric(&d, "xdp_forward"), 8);
+    assert_eq!(metric(&d, "xdp_pass"), 4);
+}
+
+#[test]
+fn xdp_forwards_dsr_packets_without_the_option_and_passes_the_ones_with_it() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        let remote = sock(remote_pod(false), 8080);
+        node_port(&d, 70, false, TCP, SVC_F_DSR, remote);
+        node_port(&d, 71, false, UDP, SVC_F_DSR, remote);
+        let front = sock(NODE4, 30080);
+        let c = sock(client(false), 43000);
+        // The SYN needs the option: tc's.
+        let syn = Pkt::tcp(&c.to_string(), &front.to_string()).flags(SYN).macs(EXT_MAC, ROUTER_MAC);
+        xdp(&d, "xdp-dsr-syn", &syn.build(), XDP_PASS, None);
+        let expected = with_dsr_option(&syn.clone().with_dst(remote).macs(OTHER_NODE_MAC, EXT_MAC).build(), front);
+        run(&d, &Fixture::new("tc-dsr-syn", HostIngress, syn.build(), TC_ACT_REDIRECT, Expect::Bytes(expected)));
+        // The rest of the TCP flow: XDP.
+        let ack = Pkt::tcp(&c.to_string(), &front.to_string()).macs(EXT_MAC, ROUTER_MAC);
+        let expected = ack.clone().with_dst(remote).macs(OTHER_NODE_MAC, EXT_MAC);
+        xdp(&d, "xdp-dsr-ack", &ack.build(), XDP_TX, Some(&expected.build()));
+        // UDP always carries it: tc's.
+        let udp = Pkt::udp(&c.to_string(), &front.to_string()).macs(EXT_MAC, ROUTER_MAC);
+        xdp(&d, "xdp-dsr-udp", &udp.build(), XDP_PASS, None);
+    });
+    assert_eq!(metric(&d, "xdp_forward"), 1);
+}
+
+#[test]
+fn xdp_drops_what_tc_would_drop() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        // A NodePort without backends.
+        frontend(&d, 80, FrontendKey::node_port(false, 30081, Protocol::TCP), SVC_F_NODEPORT, &[]);
+        let input = Pkt::tcp(&sock(client(false), 1).to_string(), &sock(NODE4, 30081).to_string());
+        let ifindex = nix::net::if_::if_nametoindex("ext0").unwrap();
+        assert_eq!(xdp_name(d.run_xdp(&input.build(), ifindex).unwrap().verdict), "XDP_DROP");
+        // Not a frontend: passed untouched.
+        let other = Pkt::tcp(&sock(client(false), 1).to_string(), &sock(NODE4, 22).to_string());
+        xdp(&d, "xdp-not-ours", &other.build(), XDP_PASS, None);
+    });
+    assert_eq!(metric(&d, "drop_no_backend"), 1);
 }
