@@ -35,8 +35,11 @@ pub struct AgentConfig {
     pub pod_cidrs: Vec<crate::ipam::Cidr>,
     /// Masquerade pod traffic leaving through `external_devs`.
     pub masquerade: bool,
-    /// The node's external devices: masquerade (and later NodePort) programs go here.
+    /// The node's external devices: the NodePort and masquerade programs
+    /// (tcx) go here, and the XDP program with `xdp`.
     pub external_devs: Vec<String>,
+    /// Attach the XDP fast path to the external devices, in this mode.
+    pub xdp: Option<sluice_datapath::pod::XdpMode>,
     /// Source ports for masquerading (inclusive).
     pub snat_ports: (u16, u16),
     /// Tests only: abort at this point of a CNI ADD (simulates a crash).
@@ -178,7 +181,28 @@ fn configure_node(cfg: &AgentConfig, dp: &sluice_datapath::pod::PodDatapath) -> 
             }
         }
         dp.attach_host(dev, ifindex).with_context(|| format!("attaching to external device {dev}"))?;
-        info!(device = %dev, ifindex, "external device attached");
+        match cfg.xdp {
+            Some(mode) => {
+                let state = dp.attach_xdp(dev, ifindex, mode).with_context(|| format!("--xdp {mode:?} on {dev}"))?;
+                info!(device = %dev, ifindex, xdp = ?mode, state, "external device attached (tcx and XDP)");
+            }
+            None => {
+                if dp.detach_xdp(dev)? {
+                    info!(device = %dev, "XDP detached (--xdp off)");
+                }
+                info!(device = %dev, ifindex, "external device attached (tcx)");
+            }
+        }
+    }
+    // XDP links of devices no longer named by --external-dev.
+    for dev in dp.attached_xdp() {
+        if !cfg.external_devs.contains(&dev) {
+            dp.detach_xdp(&dev)?;
+            info!(device = %dev, "XDP detached: not an --external-dev any more");
+        }
+    }
+    if cfg.xdp.is_some() && cfg.external_devs.is_empty() {
+        bail!("--xdp needs --external-dev: the devices to attach it to");
     }
     if cfg.masquerade && cfg.external_devs.is_empty() {
         bail!("--masquerade needs --external-dev: the device pod traffic leaves the node through");

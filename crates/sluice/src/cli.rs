@@ -131,10 +131,20 @@ struct AgentArgs {
     /// --external-dev to that device's address, in the datapath.
     #[arg(long, requires = "external_devs")]
     masquerade: bool,
-    /// The node's external device(s): where pod traffic leaves the node
-    /// and where masquerade programs are attached. Repeatable.
+    /// The node's external device(s): where traffic from outside arrives
+    /// (NodePort, ExternalIP and LoadBalancer IPs are balanced there, per
+    /// packet, by tcx programs) and pod traffic leaves (masquerade).
+    /// Repeatable; every device that carries such traffic, the links to
+    /// other nodes included.
     #[arg(long = "external-dev", value_name = "DEV")]
     external_devs: Vec<String>,
+    /// XDP fast path on the external devices: `native` (in the driver;
+    /// refused by devices without XDP support), `generic` (any device,
+    /// after the skb is made: no faster than tc, for testing) or `off`.
+    /// XDP forwards NodePort flows to remote backends and their replies;
+    /// everything else goes on to the tcx programs.
+    #[arg(long, value_name = "MODE", default_value = "off", value_parser = parse_xdp, requires = "external_devs")]
+    xdp: XdpArg,
     /// Source ports the datapath uses to masquerade, `FIRST-LAST`. Keep it
     /// outside net.ipv4.ip_local_port_range so local sockets never collide.
     #[arg(long, default_value = "61000-65535")]
@@ -395,6 +405,7 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         pod_cidrs,
         masquerade: a.masquerade,
         external_devs: a.external_devs,
+        xdp: a.xdp.0,
         snat_ports,
         fail_point: a.fail_point,
         lb: sluice_lb::LbOptions { default_algorithm: a.lb_algorithm, maglev_size: a.maglev_table_size },
@@ -402,6 +413,19 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(sluice_agent::run(cfg))?;
     Ok(0)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct XdpArg(Option<sluice_datapath::pod::XdpMode>);
+
+fn parse_xdp(s: &str) -> Result<XdpArg, String> {
+    use sluice_datapath::pod::XdpMode;
+    match s {
+        "off" => Ok(XdpArg(None)),
+        "native" => Ok(XdpArg(Some(XdpMode::Native))),
+        "generic" => Ok(XdpArg(Some(XdpMode::Generic))),
+        _ => Err(format!("{s:?}: one of off, native, generic")),
+    }
 }
 
 fn parse_lb_algorithm(s: &str) -> Result<sluice_lb::LbAlgorithm, String> {
