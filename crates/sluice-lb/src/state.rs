@@ -376,8 +376,12 @@ impl LbState {
             }
         }
         let serving: BTreeSet<BackendKey> = d.serving.iter().chain(&d.backends).copied().collect();
-        for b in old.serving.difference(&serving) {
-            self.doomed.push((service.to_string(), id, *b));
+        // A local twin is never used by the socket hooks: no socket
+        // records its id, so nothing is to be ended for it.
+        if !d.key.scope.is_local() {
+            for b in old.serving.difference(&serving) {
+                self.doomed.push((service.to_string(), id, *b));
+            }
         }
         // Maglev: the table is written before the master entry that turns
         // it on, and deleted after the one that turns it off; slots move off
@@ -435,8 +439,10 @@ impl LbState {
         let Some(fe) = self.frontends.remove(key) else { return };
         let slot_backends: Vec<BackendKey> = fe.slots.iter().filter_map(|b| self.backend_keys.get(b).copied()).collect();
         let owner = fe.owner.clone().unwrap_or_default();
-        for b in fe.serving.iter().copied().chain(slot_backends).collect::<BTreeSet<_>>() {
-            self.doomed.push((owner.clone(), fe.id, b));
+        if !key.scope.is_local() {
+            for b in fe.serving.iter().copied().chain(slot_backends).collect::<BTreeSet<_>>() {
+                self.doomed.push((owner.clone(), fe.id, b));
+            }
         }
         // Master first: from then on the frontend is gone for new lookups.
         ops.master.push(MapOp::DeleteService(SvcKey { frontend: *key, slot: 0 }));
