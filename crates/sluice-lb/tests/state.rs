@@ -213,7 +213,7 @@ fn random_changes_keep_the_maps_consistent_and_adoption_is_a_no_op() {
                 let mut twin = d.clone();
                 twin.key = d.key.local_twin();
                 let keep = rng.next(4);
-                twin.backends.retain(|b| u64::from(b.addr.to_string().split('.').last().unwrap().parse::<u8>().unwrap()) % 4 >= keep);
+                twin.backends.retain(|b| matches!(b.addr, IpAddr::V4(a) if u64::from(a.octets()[3]) % 4 >= keep));
                 twin.serving = twin.backends.clone();
                 vec![d, twin]
             }
