@@ -82,6 +82,9 @@ pub struct Core<M: LbMaps> {
     raw: BTreeMap<ObjectRef, Vec<u8>>,
     lb: LbState,
     maps: M,
+    /// The agent's load-balancing settings: default algorithm and mode,
+    /// Maglev table size, this node's name.
+    lb_options: LbOptions,
 }
 
 /// An object's state before a change: its applied bytes and typed form,
@@ -104,7 +107,7 @@ impl<M: LbMaps> Core<M> {
     /// tables of another size found in the maps are rewritten.
     pub fn with_options(store: Store, mut maps: M, opts: LbOptions) -> Result<(Self, usize, Vec<String>), CoreError> {
         let mut catalog = Catalog::new();
-        catalog.set_default_algorithm(opts.default_algorithm);
+        catalog.set_context(opts.resolve_context());
         let mut raw = BTreeMap::new();
         let mut warnings = Vec::new();
         for (key, value) in store.load_all()? {
@@ -143,7 +146,33 @@ impl<M: LbMaps> Core<M> {
         let repair = lb.repair_ops(&maps.dump().map_err(|e| CoreError::Maps(e.to_string()))?);
         maps.apply(&repair).map_err(|e| CoreError::Maps(e.to_string()))?;
         let writes = ops.len() + repair.len();
-        Ok((Core { service_cidr: None, store, catalog, raw, lb, maps }, writes, warnings))
+        Ok((Core { service_cidr: None, store, catalog, raw, lb, maps, lb_options: opts }, writes, warnings))
+    }
+
+    /// The load-balancing settings in force.
+    pub fn lb_options(&self) -> &LbOptions {
+        &self.lb_options
+    }
+
+    /// Change the default algorithm, the default mode or the node's name:
+    /// every service is resolved again and only the entries that change
+    /// are written (a new node name rewrites only the local twins). The
+    /// Maglev table size cannot change while the datapath runs.
+    /// Returns the number of map writes.
+    pub fn set_lb_options(&mut self, opts: LbOptions) -> Result<usize, CoreError> {
+        if opts.maglev_size != self.lb_options.maglev_size {
+            return Err(CoreError::Other("the Maglev table size is fixed until the agent restarts".into()));
+        }
+        self.catalog.set_context(opts.resolve_context());
+        self.lb_options = opts;
+        // The settings cannot make a service invalid nor create conflicts
+        // (a twin is derived from a frontend its service already owns).
+        let names: Vec<String> = self.catalog.services().map(|(n, _)| n.clone()).collect();
+        let resolved = names
+            .into_iter()
+            .filter_map(|n| self.catalog.resolve(&n).ok().map(|ds| (n, ds)))
+            .collect();
+        self.reconcile(resolved)
     }
 
     /// Backends that left their services since the last call, whose
@@ -386,9 +415,11 @@ impl<M: LbMaps> Core<M> {
                                 .map(|c| c.owner)
                                 .filter(|o| !touched.contains(o)),
                         };
-                        if let Some(o) = other {
+                        // A local twin conflicts exactly when its ordinary
+                        // frontend does: that one is reported.
+                        if let Some(o) = other.filter(|_| !d.key.scope.is_local()) {
                             let (origin, object) = blame.of(name);
-                            let field = if d.key.scope == Scope::NodePort { "spec.ports[].nodePort" } else { "spec" };
+                            let field = if d.key.scope.is_node_port() { "spec.ports[].nodePort" } else { "spec" };
                             errors.push(ManifestError::new(
                                 &origin,
                                 object,
@@ -584,7 +615,7 @@ pub fn views_from_dump(dump: &LbDump, owner: impl Fn(&FrontendKey) -> Option<(St
             service,
             port_name,
             frontend: k.frontend,
-            kind: kind_with_algorithm(v.flags, v.count, dump.maglev.get(&v.rev_nat_id).map(|t| t.len())),
+            kind: kind_with_algorithm(k.frontend.scope, v.flags, v.count, dump.maglev.get(&v.rev_nat_id).map(|t| t.len())),
             id: v.rev_nat_id,
             affinity_timeout: (v.flags & sluice_lb::SVC_F_AFFINITY != 0).then_some(v.affinity_timeout),
             backends,
@@ -594,15 +625,21 @@ pub fn views_from_dump(dump: &LbDump, owner: impl Fn(&FrontendKey) -> Option<(St
     out
 }
 
-/// The FLAGS column of `service list`: the master entry's flags, then how
-/// the per-packet paths pick a backend (`random`, `maglev/<M>`, or
-/// `maglev/no-table` while a Maglev frontend with backends has no table:
-/// random then).
-fn kind_with_algorithm(flags: u16, count: u32, maglev_size: Option<usize>) -> String {
+/// The FLAGS column of `service list`: the master entry's flags (with
+/// `etp-local` for an externalTrafficPolicy: Local service and `dsr` for
+/// direct server return), `local-only` for the local twin of an external
+/// frontend (this node's backends only, used by traffic from outside),
+/// then how the per-packet paths pick a backend (`random`, `maglev/<M>`,
+/// or `maglev/no-table` while a Maglev frontend with backends has no
+/// table: random then).
+fn kind_with_algorithm(scope: Scope, flags: u16, count: u32, maglev_size: Option<usize>) -> String {
     let mut parts: Vec<String> = Vec::new();
     let rest = flags_str(flags & !sluice_lb::SVC_F_MAGLEV);
     if rest != "-" {
         parts.push(rest);
+    }
+    if scope.is_local() {
+        parts.push("local-only".to_string());
     }
     parts.push(match (flags & sluice_lb::SVC_F_MAGLEV != 0, maglev_size) {
         (false, _) => "random".to_string(),
@@ -614,9 +651,10 @@ fn kind_with_algorithm(flags: u16, count: u32, maglev_size: Option<usize>) -> St
 }
 
 fn kind_of(k: FrontendKey) -> &'static str {
-    match k.scope {
-        Scope::NodePort => "node port",
-        Scope::Vip => "frontend",
+    if k.scope.is_node_port() {
+        "node port"
+    } else {
+        "frontend"
     }
 }
 

@@ -23,3 +23,28 @@ pub fn node_addresses() -> std::io::Result<BTreeSet<IpAddr>> {
     }
     Ok(out)
 }
+
+/// This node's name as Kubernetes spells it by default: the host name
+/// (uname's nodename), in lower case. `--node-name` overrides it; it is
+/// what `externalTrafficPolicy: Local` compares endpoints' `nodeName` with.
+pub fn host_node_name() -> std::io::Result<String> {
+    // SAFETY: `uname` fills the zeroed struct it is given; every field is a
+    // NUL-terminated array of c_char (the kernel guarantees the NUL).
+    let name = unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::ffi::CStr::from_ptr(u.nodename.as_ptr()).to_string_lossy().into_owned()
+    };
+    Ok(name.to_ascii_lowercase())
+}
+
+/// A node name Kubernetes would accept (an RFC 1123 subdomain).
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    if sluice_model::meta::is_dns_subdomain(name) {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid node name (lower-case letters, digits, '-' and '.', at most 253 characters)"))
+    }
+}

@@ -44,7 +44,9 @@ pub struct AgentConfig {
     pub snat_ports: (u16, u16),
     /// Tests only: abort at this point of a CNI ADD (simulates a crash).
     pub fail_point: Option<String>,
-    /// Default backend selection (`--lb-algorithm`) and Maglev table size.
+    /// Default backend selection (`--lb-algorithm`), Maglev table size,
+    /// default forwarding mode (`--lb-mode`) and this node's name
+    /// (`--node-name`).
     pub lb: sluice_lb::LbOptions,
 }
 
@@ -98,7 +100,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     for w in pod_warnings {
         warn!("{w}");
     }
-    let (mut core, writes, warnings) = Core::with_options(store, maps, cfg.lb).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut core, writes, warnings) = Core::with_options(store, maps, cfg.lb.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     core.set_service_cidr(cfg.service_cidr);
     for w in warnings {
         warn!("{w}");
@@ -113,6 +115,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         map_writes = writes,
         endpoints = pods.len(),
         pod_cidrs = ?cfg.pod_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+        node_name = %cfg.lb.node_name,
+        lb_mode = %cfg.lb.default_mode,
         ms = t0.elapsed().as_millis() as u64,
         "agent ready on {}",
         cfg.api_socket.display()

@@ -211,8 +211,8 @@ fn maglev_by_default_or_annotation_survives_a_restart_and_a_bad_value_is_refused
     use sluice_lb::maglev::TableSize;
     use sluice_lb::{LbAlgorithm, LbOptions};
     let dir = tempfile::tempdir().unwrap();
-    let opts = LbOptions { default_algorithm: LbAlgorithm::Maglev, maglev_size: TableSize::new(4093).unwrap() };
-    let (mut c, _, _) = Core::with_options(Store::open(dir.path()).unwrap(), MemMaps::default(), opts).unwrap();
+    let opts = LbOptions { default_algorithm: LbAlgorithm::Maglev, maglev_size: TableSize::new(4093).unwrap(), ..Default::default() };
+    let (mut c, _, _) = Core::with_options(Store::open(dir.path()).unwrap(), MemMaps::default(), opts.clone()).unwrap();
     c.apply(docs("web.yaml", WEB), false).unwrap();
     let tables = c.lb_dump().unwrap().maglev;
     assert_eq!(tables.len(), 1);
@@ -239,11 +239,114 @@ fn maglev_by_default_or_annotation_survives_a_restart_and_a_bad_value_is_refused
     // table size: only the table is rewritten.
     let maps = c.maps().clone();
     drop(c);
-    let (c, writes, warnings) = Core::with_options(Store::open(dir.path()).unwrap(), maps.clone(), opts).unwrap();
+    let (c, writes, warnings) = Core::with_options(Store::open(dir.path()).unwrap(), maps.clone(), opts.clone()).unwrap();
     assert_eq!((writes, warnings.len()), (0, 0), "{warnings:?}");
     drop(c);
     let bigger = LbOptions { maglev_size: TableSize::new(16381).unwrap(), ..opts };
     let (c, writes, _) = Core::with_options(Store::open(dir.path()).unwrap(), maps, bigger).unwrap();
     assert_eq!(writes, 1);
     assert!(c.lb_dump().unwrap().maglev.values().all(|t| t.len() == 16381));
+}
+
+const LOCAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: edge}
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  clusterIP: 198.19.0.7
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30007}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: edge-1, labels: {kubernetes.io/service-name: edge}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.7.10], nodeName: node-a}
+- {addresses: [198.18.7.11], nodeName: node-b}
+- {addresses: [198.18.7.12], nodeName: node-b}
+"#;
+
+#[test]
+fn local_policy_twins_flags_restart_node_name_and_mode() {
+    use sluice_lb::{LbMode, LbOptions, Scope};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LbOptions { node_name: "node-b".into(), ..Default::default() };
+    let (mut c, _, _) = Core::with_options(Store::open(dir.path()).unwrap(), MemMaps::default(), opts.clone()).unwrap();
+    assert_eq!(c.lb_options().node_name, "node-b");
+    c.apply(docs("edge.yaml", LOCAL), false).unwrap();
+    let views = c.services().unwrap();
+    let shown: Vec<(String, String, usize)> = views.iter().map(|v| (v.frontend.to_string(), v.kind.clone(), v.backends.len())).collect();
+    assert_eq!(
+        shown,
+        [
+            ("*:30007/TCP".to_string(), "nodeport,etp-local,random".to_string(), 3),
+            ("*:30007/TCP[local]".to_string(), "nodeport,etp-local,local-only,random".to_string(), 2),
+            ("198.19.0.7:80/TCP".to_string(), "random".to_string(), 3),
+        ]
+    );
+    assert_eq!(views[1].frontend.scope, Scope::NodePortLocal);
+    assert_eq!(views[1].service.as_deref(), Some("default/edge"));
+    assert_ne!(views[0].id, views[1].id);
+
+    // Restarted with the same settings: nothing to write.
+    let maps = c.maps().clone();
+    drop(c);
+    let (c, writes, warnings) = Core::with_options(Store::open(dir.path()).unwrap(), maps.clone(), opts.clone()).unwrap();
+    assert_eq!((writes, warnings.len()), (0, 0), "{warnings:?}");
+    drop(c);
+    // Restarted on another node name: only the twin changes (slot 1
+    // rewritten, the count, slot 2 deleted).
+    let moved = LbOptions { node_name: "node-a".into(), ..opts.clone() };
+    let (mut c, writes, _) = Core::with_options(Store::open(dir.path()).unwrap(), maps, moved.clone()).unwrap();
+    assert_eq!(writes, 3);
+    assert_eq!(c.services().unwrap()[1].backends.len(), 1);
+
+    // DSR by default while running: the two node-port masters only.
+    let writes = c.set_lb_options(LbOptions { default_mode: LbMode::Dsr, ..moved.clone() }).unwrap();
+    assert_eq!(writes, 2);
+    let kinds: Vec<String> = c.services().unwrap().into_iter().map(|v| v.kind).collect();
+    assert_eq!(kinds, ["nodeport,etp-local,dsr,random", "nodeport,etp-local,dsr,local-only,random", "random"]);
+    // A node with no endpoint: the twin is empty.
+    c.set_lb_options(LbOptions { node_name: "node-c".into(), ..moved.clone() }).unwrap();
+    assert!(c.services().unwrap()[1].backends.is_empty());
+    assert!(c.take_doomed().is_empty(), "no socket ever goes through a twin");
+    assert!(c.set_lb_options(LbOptions { maglev_size: sluice_lb::maglev::TableSize::new(4093).unwrap(), ..moved.clone() }).is_err());
+
+    // Local -> Cluster: the twin goes, the flag too.
+    let cluster = LOCAL.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster");
+    c.apply(docs("edge.yaml", &cluster), false).unwrap();
+    let views = c.services().unwrap();
+    assert_eq!(views.len(), 2);
+    assert!(views.iter().all(|v| !v.frontend.scope.is_local() && !v.kind.contains("etp-local")));
+
+    // A bad policy, and a policy on a service nothing outside reaches, name
+    // file, object and field, and change nothing.
+    let before = c.lb_dump().unwrap();
+    let bad = LOCAL.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: OnlyLocal");
+    let es = invalid(c.apply(raw_docs("edge.yaml", &bad), false));
+    assert_eq!(es.len(), 1, "{es:?}");
+    assert_eq!((es[0].object.as_str(), es[0].field.as_str()), ("Service default/edge", "spec.externalTrafficPolicy"));
+    assert!(es[0].to_string().starts_with("edge.yaml (document 1)"), "{}", es[0]);
+    let internal = LOCAL.replace("  type: NodePort\n", "").replace(", nodePort: 30007", "");
+    let es = invalid(c.apply(raw_docs("edge.yaml", &internal), false));
+    assert_eq!(es[0].field, "spec.externalTrafficPolicy");
+    assert!(es[0].message.contains("externally-accessible"), "{}", es[0]);
+    let es = invalid(c.apply(raw_docs("edge.yaml", &LOCAL.replace("metadata: {name: edge}", "metadata: {name: edge, annotations: {sluice.io/lb-mode: direct}}")), false));
+    assert_eq!(es[0].field, "metadata.annotations[\"sluice.io/lb-mode\"]");
+    assert_eq!(c.lb_dump().unwrap(), before);
+}
+
+#[test]
+fn a_node_port_taken_by_a_local_service_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    c.apply(docs("edge.yaml", LOCAL), false).unwrap();
+    let other = LOCAL.replace("name: edge", "name: other").replace("kubernetes.io/service-name: edge", "kubernetes.io/service-name: other").replace("198.19.0.7", "198.19.0.8");
+    let es = invalid(c.apply(docs("other.yaml", &other), false));
+    assert_eq!(es.len(), 1, "{es:?}");
+    assert_eq!(es[0].field, "spec.ports[].nodePort");
+    assert!(es[0].message.contains("*:30007/TCP is already used by Service default/edge"), "{}", es[0]);
 }

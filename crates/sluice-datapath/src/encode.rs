@@ -85,7 +85,7 @@ pub fn svc_key_to_c(k: &SvcKey) -> sl_svc_key {
 pub fn svc_key_from_c(k: &sl_svc_key) -> SvcKey {
     let scope = Scope::from_number(k.scope).unwrap_or(Scope::Vip);
     let mut addr = addr_from_c(&k.addr);
-    if scope == Scope::NodePort && addr.is_unspecified() {
+    if scope.is_node_port() && addr.is_unspecified() {
         addr = match addr {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -156,6 +156,13 @@ mod tests {
         }
         let k = SvcKey { frontend: FrontendKey::node_port(false, 30080, Protocol::UDP), slot: 3 };
         assert_eq!(svc_key_from_c(&svc_key_to_c(&k)), k);
+        // Local twins (externalTrafficPolicy: Local) keep their scope: 2 and 3.
+        for f in [FrontendKey::node_port(true, 30080, Protocol::TCP), FrontendKey { addr: "198.19.9.9".parse().unwrap(), port: 80, proto: Protocol::TCP, scope: Scope::Vip }] {
+            let t = SvcKey { frontend: f.local_twin(), slot: 0 };
+            assert_eq!(svc_key_to_c(&t).scope, f.scope.number() | 2);
+            assert_eq!(svc_key_from_c(&svc_key_to_c(&t)), t);
+            assert_eq!(revnat_from_c(&revnat_to_c(&t.frontend)), t.frontend);
+        }
         let c = svc_key_to_c(&k);
         assert_eq!(c.as_bytes().len(), 24);
         assert_eq!(sl_svc_key::from_bytes(c.as_bytes()).map(|x| svc_key_from_c(&x)), Some(k));

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_model::{EndpointSlice, Kind, LbAlgorithm, Object, ObjectRef, Pod, Service};
 
-use crate::resolve::{resolve_service_with, ResolveError};
+use crate::resolve::{resolve_service_in, ResolveContext, ResolveError};
 use crate::types::{DesiredFrontend, ServiceName};
 
 #[derive(Debug, Default, Clone)]
@@ -15,8 +15,8 @@ pub struct Catalog {
     slices_by_service: BTreeMap<ServiceName, BTreeSet<ObjectRef>>,
     /// Pods give endpoints their labels; they touch no service.
     pods: BTreeMap<ObjectRef, Pod>,
-    /// For services without a `sluice.io/lb-algorithm` annotation.
-    default_algorithm: LbAlgorithm,
+    /// Defaults and the node's name, for resolving.
+    ctx: ResolveContext,
 }
 
 /// `namespace/name` of the service an object is about.
@@ -37,7 +37,18 @@ impl Catalog {
 
     /// The algorithm of services that do not name one (`--lb-algorithm`).
     pub fn set_default_algorithm(&mut self, a: LbAlgorithm) {
-        self.default_algorithm = a;
+        self.ctx.default_algorithm = a;
+    }
+
+    /// Everything resolving depends on besides the objects: the default
+    /// algorithm and mode, and this node's name. The caller re-resolves
+    /// (and diffs) every service after a change.
+    pub fn set_context(&mut self, ctx: ResolveContext) {
+        self.ctx = ctx;
+    }
+
+    pub fn context(&self) -> &ResolveContext {
+        &self.ctx
     }
 
     /// Insert or replace; returns the services whose frontends may change.
@@ -124,6 +135,6 @@ impl Catalog {
             .flatten()
             .filter_map(|r| self.slices.get(r).map(|s| (r, s)))
             .collect();
-        resolve_service_with(svc, &slices, self.default_algorithm)
+        resolve_service_in(svc, &slices, &self.ctx)
     }
 }

@@ -42,6 +42,8 @@ pub fn flags_str(flags: u16) -> String {
         (SVC_F_EXTERNAL_IP, "externalip"),
         (SVC_F_LOADBALANCER, "loadbalancer"),
         (SVC_F_MAGLEV, "maglev"),
+        (SVC_F_ETP_LOCAL, "etp-local"),
+        (SVC_F_DSR, "dsr"),
     ] {
         if flags & bit != 0 {
             v.push(name);
@@ -51,6 +53,16 @@ pub fn flags_str(flags: u16) -> String {
         "-".into()
     } else {
         v.join(",")
+    }
+}
+
+/// A frontend in a dump line: its address, and for a local twin its scope
+/// spelled out (`*:30080/TCP scope=nodeport-local`).
+fn frontend_text(k: &FrontendKey) -> String {
+    if k.scope.is_local() {
+        format!("{} scope={}", k.address(), k.scope.as_str())
+    } else {
+        k.to_string()
     }
 }
 
@@ -64,21 +76,21 @@ impl LbDump {
                 let _ = writeln!(
                     s,
                     "svc {} slot=0 count={} id={} flags={} affinity={}s",
-                    k.frontend,
+                    frontend_text(&k.frontend),
                     v.count,
                     v.rev_nat_id,
                     flags_str(v.flags),
                     v.affinity_timeout
                 );
             } else {
-                let _ = writeln!(s, "svc {} slot={} backend={} id={}", k.frontend, k.slot, v.backend_id, v.rev_nat_id);
+                let _ = writeln!(s, "svc {} slot={} backend={} id={}", frontend_text(&k.frontend), k.slot, v.backend_id, v.rev_nat_id);
             }
         }
         for (id, b) in &self.backends {
             let _ = writeln!(s, "backend {id} {b}");
         }
         for (id, f) in &self.revnat {
-            let _ = writeln!(s, "revnat {id} {f}");
+            let _ = writeln!(s, "revnat {id} {}", frontend_text(f));
         }
         for (b, r) in &self.affinity_match {
             let _ = writeln!(s, "affinity-match backend={b} id={r}");

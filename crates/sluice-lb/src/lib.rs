@@ -21,8 +21,8 @@ pub mod types;
 pub use catalog::Catalog;
 pub use dump::LbDump;
 pub use mem::MemMaps;
-pub use resolve::{resolve_service, resolve_service_with, ResolveError};
-pub use sluice_model::LbAlgorithm;
+pub use resolve::{resolve_service, resolve_service_in, resolve_service_with, ResolveContext, ResolveError};
+pub use sluice_model::{ExternalTrafficPolicy, LbAlgorithm, LbMode};
 pub use state::{Conflict, LbState};
 pub use types::*;
 

@@ -5,12 +5,20 @@
 //!   endpoint at all, the endpoints that are serving and terminating are
 //!   used instead, so that connections drain rather than fail;
 //! - a service port is matched to a slice port by the service port's name
-//!   (and protocol); a slice's port number is the resolved target port.
+//!   (and protocol); a slice's port number is the resolved target port;
+//! - `externalTrafficPolicy: Local`: traffic from outside the cluster to an
+//!   external frontend (node port, external IP, load-balancer IP; never the
+//!   cluster IP) only reaches the endpoints whose `nodeName` is this node:
+//!   the ready ones, else the serving and terminating ones, else none (the
+//!   node drops it). Each external frontend then has a local twin
+//!   ([`Scope::VipLocal`], [`Scope::NodePortLocal`]) with those backends,
+//!   and its ordinary entry (every backend, for traffic from inside the
+//!   cluster) is flagged [`SVC_F_ETP_LOCAL`].
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use sluice_model::{EndpointSlice, IntOrString, LbAlgorithm, ObjectRef, Service, ServiceType};
+use sluice_model::{EndpointSlice, ExternalTrafficPolicy, IntOrString, LbAlgorithm, LbMode, ObjectRef, Service, ServiceType};
 
 use crate::types::*;
 
@@ -23,6 +31,17 @@ pub struct ResolveError {
     pub message: String,
 }
 
+/// What resolving needs to know of the agent and the node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolveContext {
+    /// For services without a `sluice.io/lb-algorithm` annotation.
+    pub default_algorithm: LbAlgorithm,
+    /// For services without a `sluice.io/lb-mode` annotation.
+    pub default_mode: LbMode,
+    /// This node's name: endpoints with this `nodeName` are local.
+    pub node_name: String,
+}
+
 /// Frontends of `svc` with their active backends. `slices` are the slices
 /// whose service-name label names `svc`. Backends are picked at random
 /// unless the service's annotation asks for Maglev.
@@ -30,15 +49,25 @@ pub fn resolve_service(
     svc: &Service,
     slices: &[(&ObjectRef, &EndpointSlice)],
 ) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
-    resolve_service_with(svc, slices, LbAlgorithm::Random)
+    resolve_service_in(svc, slices, &ResolveContext::default())
 }
 
 /// [`resolve_service`], with `default` for a service without a
-/// `sluice.io/lb-algorithm` annotation.
+/// `sluice.io/lb-algorithm` annotation (and no node name: an
+/// `externalTrafficPolicy: Local` service has no local backend).
 pub fn resolve_service_with(
     svc: &Service,
     slices: &[(&ObjectRef, &EndpointSlice)],
     default: LbAlgorithm,
+) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
+    resolve_service_in(svc, slices, &ResolveContext { default_algorithm: default, ..Default::default() })
+}
+
+/// [`resolve_service`] on the node and with the defaults of `ctx`.
+pub fn resolve_service_in(
+    svc: &Service,
+    slices: &[(&ObjectRef, &EndpointSlice)],
+    ctx: &ResolveContext,
 ) -> Result<Vec<DesiredFrontend>, Vec<ResolveError>> {
     let svc_ref = ObjectRef::new(sluice_model::Kind::Service, svc.metadata.namespace(), &svc.metadata.name);
     let mut out = Vec::new();
@@ -49,8 +78,18 @@ pub fn resolve_service_with(
     let cluster_ips = svc.cluster_ips();
     let affinity = svc.affinity_timeout();
     let mut base_flags = if affinity.is_some() { SVC_F_AFFINITY } else { 0 };
-    if svc.lb_algorithm().unwrap_or(default) == LbAlgorithm::Maglev {
+    if svc.lb_algorithm().unwrap_or(ctx.default_algorithm) == LbAlgorithm::Maglev {
         base_flags |= SVC_F_MAGLEV;
+    }
+    // Flags of the external frontends only (node ports, external and
+    // load-balancer IPs).
+    let etp_local = svc.external_traffic_policy() == ExternalTrafficPolicy::Local;
+    let mut external_flags = 0;
+    if etp_local {
+        external_flags |= SVC_F_ETP_LOCAL;
+    }
+    if svc.lb_mode().unwrap_or(ctx.default_mode) == LbMode::Dsr {
+        external_flags |= SVC_F_DSR;
     }
     let timeout = affinity.unwrap_or(0);
 
@@ -67,7 +106,7 @@ pub fn resolve_service_with(
             if vips.is_empty() && ext.is_empty() && lbs.is_empty() {
                 continue;
             }
-            let (backends, serving) = match backends_for(svc, &svc_ref, pi, v6, slices) {
+            let be = match backends_for(svc, &svc_ref, pi, v6, slices, &ctx.node_name) {
                 Ok(b) => b,
                 Err(e) => {
                     errors.push(e);
@@ -76,14 +115,26 @@ pub fn resolve_service_with(
             };
             let proto = port.protocol;
             let mut push = |key: FrontendKey, flags: u16| {
+                let external = flags & (SVC_F_EXTERNAL_IP | SVC_F_LOADBALANCER | SVC_F_NODEPORT) != 0;
+                let flags = base_flags | flags | if external { external_flags } else { 0 };
                 out.push(DesiredFrontend {
                     key,
-                    flags: base_flags | flags,
+                    flags,
                     affinity_timeout: timeout,
                     port_name: port.name().to_string(),
-                    backends: backends.clone(),
-                    serving: serving.clone(),
-                })
+                    backends: be.active.clone(),
+                    serving: be.serving.clone(),
+                });
+                if external && etp_local {
+                    out.push(DesiredFrontend {
+                        key: key.local_twin(),
+                        flags,
+                        affinity_timeout: timeout,
+                        port_name: port.name().to_string(),
+                        backends: be.local_active.clone(),
+                        serving: be.local_serving.clone(),
+                    });
+                }
             };
             for a in vips {
                 push(FrontendKey { addr: a, port: port.port_u16(), proto, scope: Scope::Vip }, 0);
@@ -118,16 +169,32 @@ pub fn resolve_service_with(
     }
 }
 
+/// The backends of one service port in one family.
+struct Backends {
+    /// Active: ready endpoints, else serving and terminating ones.
+    active: Vec<BackendKey>,
+    /// Every serving endpoint (sockets to them may stay).
+    serving: Vec<BackendKey>,
+    /// The same among the endpoints on this node, chosen on their own (a
+    /// node with no ready local endpoint falls back to its terminating
+    /// ones, even when other nodes have ready ones: as kube-proxy does).
+    local_active: Vec<BackendKey>,
+    local_serving: Vec<BackendKey>,
+}
+
 fn backends_for(
     svc: &Service,
     svc_ref: &ObjectRef,
     port_index: usize,
     v6: bool,
     slices: &[(&ObjectRef, &EndpointSlice)],
-) -> Result<(Vec<BackendKey>, Vec<BackendKey>), ResolveError> {
+    node_name: &str,
+) -> Result<Backends, ResolveError> {
     let port = &svc.spec.ports[port_index];
     let mut ready = BTreeSet::new();
     let mut draining = BTreeSet::new();
+    let mut local_ready = BTreeSet::new();
+    let mut local_draining = BTreeSet::new();
     let mut offered_names: BTreeSet<String> = BTreeSet::new();
     let mut any_endpoint = false;
     let mut matched_any = false;
@@ -144,15 +211,20 @@ fn backends_for(
         matched_any = true;
         for ep in &slice.endpoints {
             let c = &ep.conditions;
-            let set = if c.ready() {
-                &mut ready
+            let local = !node_name.is_empty() && ep.is_on(node_name);
+            let (set, local_set) = if c.ready() {
+                (&mut ready, &mut local_ready)
             } else if c.serving() && c.terminating() {
-                &mut draining
+                (&mut draining, &mut local_draining)
             } else {
                 continue;
             };
             for a in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                set.insert(BackendKey { addr: a, port: target, proto: port.protocol });
+                let b = BackendKey { addr: a, port: target, proto: port.protocol };
+                set.insert(b);
+                if local {
+                    local_set.insert(b);
+                }
             }
         }
     }
@@ -173,9 +245,14 @@ fn backends_for(
             ),
         });
     }
-    let serving: Vec<BackendKey> = ready.union(&draining).copied().collect();
-    let chosen = if ready.is_empty() { draining } else { ready };
-    Ok((chosen.into_iter().collect(), serving))
+    let pick = |ready: BTreeSet<BackendKey>, draining: BTreeSet<BackendKey>| {
+        let serving: Vec<BackendKey> = ready.union(&draining).copied().collect();
+        let chosen = if ready.is_empty() { draining } else { ready };
+        (chosen.into_iter().collect::<Vec<_>>(), serving)
+    };
+    let (active, serving) = pick(ready, draining);
+    let (local_active, local_serving) = pick(local_ready, local_draining);
+    Ok(Backends { active, serving, local_active, local_serving })
 }
 
 /// The port number endpoints of `slice` serve `port` on, if they serve it.
@@ -303,6 +380,154 @@ endpoints:
                 assert!(fs.iter().all(|f| f.flags & SVC_F_MAGLEV == want), "{value} over {default}");
             }
         }
+    }
+
+    /// A LoadBalancer service with an external IP and a load-balancer IP,
+    /// endpoints on node-a (two ready), node-b (one ready) and one with no
+    /// node name.
+    const LOCAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  clusterIP: 198.19.0.1
+  externalIPs: [198.19.9.9]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 198.19.8.8}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.1.10], nodeName: node-a}
+- {addresses: [198.18.1.11], nodeName: node-a}
+- {addresses: [198.18.1.12], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [198.18.2.10], nodeName: node-b}
+- {addresses: [198.18.3.10]}
+"#;
+
+    fn resolve_on(text: &str, node: &str, mode: LbMode) -> Vec<DesiredFrontend> {
+        let (svc, slices) = load(text);
+        let refs: Vec<(&ObjectRef, &EndpointSlice)> = slices.iter().map(|(r, s)| (r, s)).collect();
+        let ctx = ResolveContext { default_algorithm: LbAlgorithm::Random, default_mode: mode, node_name: node.into() };
+        resolve_service_in(&svc, &refs, &ctx).unwrap()
+    }
+
+    fn addrs(bs: &[BackendKey]) -> Vec<String> {
+        bs.iter().map(|b| b.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn local_policy_gives_each_external_frontend_a_twin_with_local_backends() {
+        let fs = resolve_on(LOCAL, "node-a", LbMode::Snat);
+        let keys: Vec<String> = fs.iter().map(|f| f.key.to_string()).collect();
+        assert_eq!(
+            keys,
+            [
+                "198.19.0.1:80/TCP",
+                "198.19.9.9:80/TCP",
+                "198.19.9.9:80/TCP[local]",
+                "198.19.8.8:80/TCP",
+                "198.19.8.8:80/TCP[local]",
+                "*:30080/TCP",
+                "*:30080/TCP[local]",
+            ]
+        );
+        let all = ["198.18.1.10", "198.18.1.11", "198.18.2.10", "198.18.3.10"];
+        for f in &fs {
+            if f.key.scope.is_local() {
+                // Only node-a's ready endpoints; the terminating one still
+                // serves (its sockets are kept) but is not active.
+                assert_eq!(addrs(&f.backends), ["198.18.1.10", "198.18.1.11"], "{}", f.key);
+                assert_eq!(addrs(&f.serving), ["198.18.1.10", "198.18.1.11", "198.18.1.12"]);
+                assert_eq!(f.key.scope.number() & 2, 2);
+            } else {
+                assert_eq!(addrs(&f.backends), all, "{}: every backend", f.key);
+            }
+        }
+        // The cluster IP: no ETP flag, no twin. External ones: the flag on
+        // both the ordinary entry and the twin, with the same other flags.
+        assert_eq!(fs[0].flags, SVC_F_AFFINITY);
+        assert_eq!(fs[1].flags, SVC_F_AFFINITY | SVC_F_EXTERNAL_IP | SVC_F_ETP_LOCAL);
+        assert_eq!(fs[3].flags, SVC_F_AFFINITY | SVC_F_LOADBALANCER | SVC_F_ETP_LOCAL);
+        assert_eq!(fs[5].flags, SVC_F_AFFINITY | SVC_F_NODEPORT | SVC_F_ETP_LOCAL);
+        for pair in [(1, 2), (3, 4), (5, 6)] {
+            assert_eq!(fs[pair.0].flags, fs[pair.1].flags);
+            assert_eq!(fs[pair.0].affinity_timeout, fs[pair.1].affinity_timeout);
+            assert_eq!(fs[pair.0].key.local_twin(), fs[pair.1].key);
+        }
+        assert_eq!(fs[6].key.scope, Scope::NodePortLocal);
+        assert_eq!(fs[2].key.scope, Scope::VipLocal);
+
+        let fs = resolve_on(LOCAL, "node-b", LbMode::Snat);
+        assert_eq!(addrs(&fs[2].backends), ["198.18.2.10"]);
+    }
+
+    #[test]
+    fn local_policy_without_local_endpoints_has_empty_twins() {
+        for node in ["node-c", ""] {
+            let fs = resolve_on(LOCAL, node, LbMode::Snat);
+            assert_eq!(fs.len(), 7);
+            for f in fs.iter().filter(|f| f.key.scope.is_local()) {
+                assert!(f.backends.is_empty() && f.serving.is_empty(), "{node:?} {}", f.key);
+            }
+            assert_eq!(fs[5].backends.len(), 4, "the ordinary entry keeps every backend");
+        }
+    }
+
+    #[test]
+    fn local_terminating_endpoints_are_the_local_fallback() {
+        // node-a has no ready endpoint left, only a terminating one: the
+        // twin uses it, although node-b has a ready one.
+        let text = LOCAL.replace("- {addresses: [198.18.1.10], nodeName: node-a}\n- {addresses: [198.18.1.11], nodeName: node-a}\n", "");
+        let fs = resolve_on(&text, "node-a", LbMode::Snat);
+        assert_eq!(addrs(&fs[6].backends), ["198.18.1.12"]);
+        assert_eq!(addrs(&fs[5].backends), ["198.18.2.10", "198.18.3.10"]);
+    }
+
+    #[test]
+    fn cluster_policy_has_no_twin_and_no_flag() {
+        for text in [LOCAL.replace("  externalTrafficPolicy: Local\n", ""), LOCAL.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster")] {
+            let fs = resolve_on(&text, "node-a", LbMode::Snat);
+            assert_eq!(fs.len(), 4);
+            assert!(fs.iter().all(|f| !f.key.scope.is_local() && f.flags & (SVC_F_ETP_LOCAL | SVC_F_DSR) == 0));
+        }
+    }
+
+    #[test]
+    fn dsr_is_set_on_external_frontends_only() {
+        // By the agent's default...
+        let fs = resolve_on(LOCAL, "node-a", LbMode::Dsr);
+        assert_eq!(fs[0].flags & SVC_F_DSR, 0, "not on the cluster IP");
+        assert!(fs[1..].iter().all(|f| f.flags & SVC_F_DSR != 0), "on every external frontend and twin");
+        // ...or the annotation, which wins both ways.
+        let annotated = |v: &str| LOCAL.replace("metadata: {name: web}", &format!("metadata: {{name: web, annotations: {{sluice.io/lb-mode: {v}}}}}"));
+        for default in [LbMode::Snat, LbMode::Dsr] {
+            let fs = resolve_on(&annotated("dsr"), "node-a", default);
+            assert_eq!(fs.iter().map(|f| f.flags & SVC_F_DSR != 0).collect::<Vec<_>>(), [false, true, true, true, true, true, true]);
+            let fs = resolve_on(&annotated("snat"), "node-a", default);
+            assert!(fs.iter().all(|f| f.flags & SVC_F_DSR == 0));
+        }
+        // With the Cluster policy too, and without twins.
+        let fs = resolve_on(&annotated("dsr").replace("  externalTrafficPolicy: Local\n", ""), "node-a", LbMode::Snat);
+        assert_eq!(fs.iter().map(|f| f.flags).collect::<Vec<_>>(), [
+            SVC_F_AFFINITY,
+            SVC_F_AFFINITY | SVC_F_EXTERNAL_IP | SVC_F_DSR,
+            SVC_F_AFFINITY | SVC_F_LOADBALANCER | SVC_F_DSR,
+            SVC_F_AFFINITY | SVC_F_NODEPORT | SVC_F_DSR,
+        ]);
+    }
+
+    #[test]
+    fn local_twins_of_maglev_services_are_maglev_too() {
+        let text = LOCAL.replace("metadata: {name: web}", "metadata: {name: web, annotations: {sluice.io/lb-algorithm: maglev}}");
+        let fs = resolve_on(&text, "node-a", LbMode::Snat);
+        assert!(fs.iter().all(|f| f.flags & SVC_F_MAGLEV != 0));
     }
 
     #[test]

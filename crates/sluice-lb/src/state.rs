@@ -212,10 +212,17 @@ impl LbState {
     fn set_service_into(&mut self, service: &str, desired: &[DesiredFrontend], ops: &mut Ops) {
         let old: Vec<FrontendKey> = self.by_service.remove(service).unwrap_or_default();
         let wanted: BTreeSet<FrontendKey> = desired.iter().map(|d| d.key).collect();
-        for d in desired {
+        // Local twins first: a master entry flagged SVC_F_ETP_LOCAL is only
+        // written once its twin's master is (the external devices look the
+        // twin up when they see the flag)...
+        for d in desired.iter().filter(|d| d.key.scope.is_local()).chain(desired.iter().filter(|d| !d.key.scope.is_local())) {
             self.write_frontend(service, d, ops);
         }
-        for key in old.iter().filter(|k| !wanted.contains(k)) {
+        // ...and a twin is deleted after the ordinary entry that pointed to it
+        // was rewritten or deleted.
+        let gone = old.iter().filter(|k| !wanted.contains(k));
+        let gone: Vec<&FrontendKey> = gone.clone().filter(|k| !k.scope.is_local()).chain(gone.filter(|k| k.scope.is_local())).collect();
+        for key in gone {
             // A frontend another service took over in the same change is
             // no longer ours to delete.
             let ours = self.frontends.get(key).and_then(|f| f.owner.as_deref()) == Some(service);
@@ -236,8 +243,10 @@ impl LbState {
     /// no service claimed.
     pub fn finish_adoption(&mut self) -> Vec<MapOp> {
         let mut ops = Ops::default();
-        let orphans: Vec<FrontendKey> =
+        let mut orphans: Vec<FrontendKey> =
             self.frontends.iter().filter(|(_, f)| f.owner.is_none()).map(|(k, _)| *k).collect();
+        // Ordinary entries before local twins (see `set_service_into`).
+        orphans.sort_by_key(|k| (k.scope.is_local(), *k));
         for key in orphans {
             self.delete_frontend(&key, &mut ops);
         }
@@ -376,8 +385,12 @@ impl LbState {
             }
         }
         let serving: BTreeSet<BackendKey> = d.serving.iter().chain(&d.backends).copied().collect();
-        for b in old.serving.difference(&serving) {
-            self.doomed.push((service.to_string(), id, *b));
+        // A local twin is never used by the socket hooks: no socket
+        // records its id, so nothing is to be ended for it.
+        if !d.key.scope.is_local() {
+            for b in old.serving.difference(&serving) {
+                self.doomed.push((service.to_string(), id, *b));
+            }
         }
         // Maglev: the table is written before the master entry that turns
         // it on, and deleted after the one that turns it off; slots move off
@@ -435,8 +448,10 @@ impl LbState {
         let Some(fe) = self.frontends.remove(key) else { return };
         let slot_backends: Vec<BackendKey> = fe.slots.iter().filter_map(|b| self.backend_keys.get(b).copied()).collect();
         let owner = fe.owner.clone().unwrap_or_default();
-        for b in fe.serving.iter().copied().chain(slot_backends).collect::<BTreeSet<_>>() {
-            self.doomed.push((owner.clone(), fe.id, b));
+        if !key.scope.is_local() {
+            for b in fe.serving.iter().copied().chain(slot_backends).collect::<BTreeSet<_>>() {
+                self.doomed.push((owner.clone(), fe.id, b));
+            }
         }
         // Master first: from then on the frontend is gone for new lookups.
         ops.master.push(MapOp::DeleteService(SvcKey { frontend: *key, slot: 0 }));

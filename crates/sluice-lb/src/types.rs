@@ -15,6 +15,15 @@ pub const SVC_F_LOADBALANCER: u16 = 1 << 3;
 /// The per-packet paths pick backends with the frontend's Maglev table.
 pub const SVC_F_MAGLEV: u16 = 1 << 4;
 
+/// `externalTrafficPolicy: Local`: set on the ordinary master entry of
+/// each external frontend, whose "local" twin ([`Scope::VipLocal`],
+/// [`Scope::NodePortLocal`]) holds only this node's backends. The twin
+/// carries the same flags.
+pub const SVC_F_ETP_LOCAL: u16 = 1 << 5;
+/// Direct server return (`sluice.io/lb-mode: dsr` or `--lb-mode dsr`): set
+/// on the master entries of external frontends (ordinary and twin).
+pub const SVC_F_DSR: u16 = 1 << 6;
+
 /// How a frontend is matched (`SL_SCOPE_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Scope {
@@ -22,20 +31,57 @@ pub enum Scope {
     Vip,
     /// Any address of the node; the key's address is the family's unspecified address.
     NodePort,
+    /// The local twin of an ExternalIP or LoadBalancer-IP frontend
+    /// (`SL_SCOPE_VIP_LOCAL`): only this node's backends.
+    VipLocal,
+    /// The local twin of a node-port frontend (`SL_SCOPE_NODEPORT_LOCAL`).
+    NodePortLocal,
 }
 
 impl Scope {
+    /// `SL_SCOPE_LOCAL`: the bit that makes a scope a local twin.
+    pub const LOCAL_BIT: u8 = 2;
+
     pub fn number(self) -> u8 {
         match self {
             Scope::Vip => 0,
             Scope::NodePort => 1,
+            Scope::VipLocal => 2,
+            Scope::NodePortLocal => 3,
         }
     }
     pub fn from_number(n: u8) -> Option<Scope> {
         match n {
             0 => Some(Scope::Vip),
             1 => Some(Scope::NodePort),
+            2 => Some(Scope::VipLocal),
+            3 => Some(Scope::NodePortLocal),
             _ => None,
+        }
+    }
+    /// A local twin (only this node's backends)?
+    pub fn is_local(self) -> bool {
+        self.number() & Self::LOCAL_BIT != 0
+    }
+    /// Matched at any address of the node (the key's address is unspecified)?
+    pub fn is_node_port(self) -> bool {
+        matches!(self, Scope::NodePort | Scope::NodePortLocal)
+    }
+    /// The local twin of this scope (itself if it is one).
+    pub fn local(self) -> Scope {
+        if self.is_node_port() {
+            Scope::NodePortLocal
+        } else {
+            Scope::VipLocal
+        }
+    }
+    /// For dumps: `vip`, `nodeport`, `vip-local`, `nodeport-local`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Vip => "vip",
+            Scope::NodePort => "nodeport",
+            Scope::VipLocal => "vip-local",
+            Scope::NodePortLocal => "nodeport-local",
         }
     }
 }
@@ -54,16 +100,31 @@ impl FrontendKey {
         let addr = if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
         FrontendKey { addr, port, proto, scope: Scope::NodePort }
     }
+
+    /// The local twin of this frontend: same address, port and protocol.
+    pub fn local_twin(self) -> Self {
+        FrontendKey { scope: self.scope.local(), ..self }
+    }
+
+    /// `addr:port/proto` (`*` for node ports) without the `[local]` mark.
+    pub fn address(&self) -> String {
+        match (self.scope.is_node_port(), self.addr) {
+            (true, IpAddr::V4(_)) => format!("*:{}/{}", self.port, self.proto.as_str()),
+            (true, IpAddr::V6(_)) => format!("[*]:{}/{}", self.port, self.proto.as_str()),
+            (false, IpAddr::V4(a)) => format!("{a}:{}/{}", self.port, self.proto.as_str()),
+            (false, IpAddr::V6(a)) => format!("[{a}]:{}/{}", self.port, self.proto.as_str()),
+        }
+    }
 }
 
+/// `198.19.0.1:80/TCP`, `*:30080/TCP`; a local twin ends in `[local]`.
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.scope, self.addr) {
-            (Scope::NodePort, IpAddr::V4(_)) => write!(f, "*:{}/{}", self.port, self.proto.as_str()),
-            (Scope::NodePort, IpAddr::V6(_)) => write!(f, "[*]:{}/{}", self.port, self.proto.as_str()),
-            (Scope::Vip, IpAddr::V4(a)) => write!(f, "{a}:{}/{}", self.port, self.proto.as_str()),
-            (Scope::Vip, IpAddr::V6(a)) => write!(f, "[{a}]:{}/{}", self.port, self.proto.as_str()),
+        f.write_str(&self.address())?;
+        if self.scope.is_local() {
+            f.write_str("[local]")?;
         }
+        Ok(())
     }
 }
 
@@ -135,12 +196,28 @@ impl MapOp {
 }
 
 /// Load-balancing settings of the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LbOptions {
     /// For services without a `sluice.io/lb-algorithm` annotation.
     pub default_algorithm: sluice_model::LbAlgorithm,
     /// Slots of every Maglev table.
     pub maglev_size: crate::maglev::TableSize,
+    /// For services without a `sluice.io/lb-mode` annotation (`--lb-mode`).
+    pub default_mode: sluice_model::LbMode,
+    /// This node's name (`--node-name`): endpoints whose `nodeName` equals
+    /// it are local (`externalTrafficPolicy: Local`).
+    pub node_name: String,
+}
+
+impl LbOptions {
+    /// What resolving a service needs of these settings.
+    pub fn resolve_context(&self) -> crate::resolve::ResolveContext {
+        crate::resolve::ResolveContext {
+            default_algorithm: self.default_algorithm,
+            default_mode: self.default_mode,
+            node_name: self.node_name.clone(),
+        }
+    }
 }
 
 /// The service a frontend belongs to, `namespace/name`.

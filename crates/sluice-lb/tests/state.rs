@@ -72,6 +72,13 @@ fn check_safe(d: &LbDump, after: &MapOp) {
             assert!(ok, "after {after:?}: {} slot {slot} of {} is missing or dangling", k.frontend, v.count);
         }
     }
+    // An ordinary master flagged externalTrafficPolicy: Local has its local
+    // twin's master: the external devices look it up on seeing the flag.
+    for (k, v) in d.services.iter().filter(|(k, v)| k.slot == 0 && !k.frontend.scope.is_local() && v.flags & SVC_F_ETP_LOCAL != 0) {
+        let twin = d.services.get(&SvcKey { frontend: k.frontend.local_twin(), slot: 0 });
+        assert!(twin.is_some(), "after {}: {} is flagged etp-local without its twin", after.describe(), k.frontend);
+        assert_ne!(twin.unwrap().rev_nat_id, v.rev_nat_id, "a twin has its own id");
+    }
     // Every slot of every table names a backend that exists.
     for (id, t) in &d.maglev {
         for (i, b) in t.iter().enumerate() {
@@ -194,11 +201,29 @@ fn random_changes_keep_the_maps_consistent_and_adoption_is_a_no_op() {
         if rng.next(2) == 0 {
             d.flags |= SVC_F_MAGLEV;
         }
-        let ds = if rng.next(8) == 0 { vec![] } else { vec![d] };
+        if rng.next(4) == 0 {
+            d.flags |= SVC_F_DSR;
+        }
+        let ds = match rng.next(8) {
+            0 => vec![],
+            // externalTrafficPolicy: Local: the twin holds some of the backends
+            // (or none), and has the same flags.
+            1..=3 => {
+                d.flags |= SVC_F_ETP_LOCAL | SVC_F_EXTERNAL_IP;
+                let mut twin = d.clone();
+                twin.key = d.key.local_twin();
+                let keep = rng.next(4);
+                twin.backends.retain(|b| matches!(b.addr, IpAddr::V4(a) if u64::from(a.octets()[3]) % 4 >= keep));
+                twin.serving = twin.backends.clone();
+                vec![d, twin]
+            }
+            _ => vec![d],
+        };
         apply(&mut maps, &st.set_service(&name, &ds));
         wanted.insert(name, ds);
     }
     assert!(!maps.maps.maglev.is_empty());
+    assert!(maps.maps.services.keys().any(|k| k.frontend.scope == Scope::VipLocal));
     // A restarted agent adopts the maps and finds nothing to write.
     let dump = maps.dump().unwrap();
     let mut adopted = LbState::adopt(&dump);
@@ -243,6 +268,18 @@ fn golden_manifests_to_map_entries() {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let mut cat = Catalog::new();
+        // `# node-name: NAME` and `# lb-mode: snat|dsr` lines set what the
+        // agent's --node-name and --lb-mode would.
+        let mut ctx = ResolveContext::default();
+        for line in text.lines() {
+            if let Some(n) = line.strip_prefix("# node-name: ") {
+                ctx.node_name = n.trim().to_string();
+            }
+            if let Some(m) = line.strip_prefix("# lb-mode: ") {
+                ctx.default_mode = m.trim().parse().unwrap();
+            }
+        }
+        cat.set_context(ctx);
         let mut touched = BTreeSet::new();
         for m in parse_documents(&path.display().to_string(), &text).unwrap() {
             touched.extend(cat.upsert(&m.object_ref, m.object));
@@ -447,4 +484,154 @@ fn maglev_adoption_writes_nothing_when_equal_and_rewrites_tables_of_another_size
     st3.set_service("a/db", &[desired(2, &[12, 13])]);
     let repair = st3.repair_ops(&debris);
     assert!(repair.contains(&MapOp::DeleteMaglev(999)));
+}
+
+/// A NodePort service with externalTrafficPolicy: Local, endpoints on two
+/// nodes; `policy`, `mode` (annotation) and the node's name vary.
+fn etp_service(policy: &str, mode: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop, annotations: {{sluice.io/lb-mode: {mode}}}}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: {policy}
+  clusterIP: 198.19.0.10
+  externalIPs: [198.19.9.10]
+  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- {{addresses: [198.18.1.10], nodeName: node-a}}
+- {{addresses: [198.18.1.11], nodeName: node-a}}
+- {{addresses: [198.18.2.10], nodeName: node-b}}
+"#
+    )
+}
+
+/// Apply `text` to the catalog under `node`, and the service's resolution
+/// to the state and maps; returns the writes.
+fn set_etp(cat: &mut Catalog, st: &mut LbState, maps: &mut MemMaps, text: &str, node: &str) -> Vec<MapOp> {
+    cat.set_context(ResolveContext { node_name: node.into(), ..Default::default() });
+    for m in parse_documents("etp.yaml", text).unwrap() {
+        cat.upsert(&m.object_ref, m.object);
+    }
+    let ds = cat.resolve("shop/web").unwrap();
+    let ops = st.set_service("shop/web", &ds);
+    apply(maps, &ops);
+    ops
+}
+
+fn master(maps: &MemMaps, f: FrontendKey) -> Option<SvcVal> {
+    maps.maps.services.get(&SvcKey { frontend: f, slot: 0 }).copied()
+}
+
+#[test]
+fn local_policy_twins_follow_policy_node_and_mode_with_minimal_writes() {
+    let np = FrontendKey::node_port(false, 30080, Protocol::TCP);
+    let ext = FrontendKey { addr: IpAddr::from([198, 19, 9, 10]), port: 80, proto: Protocol::TCP, scope: Scope::Vip };
+    let cip = FrontendKey { addr: IpAddr::from([198, 19, 0, 10]), port: 80, proto: Protocol::TCP, scope: Scope::Vip };
+    let (mut cat, mut st, mut maps) = (Catalog::new(), LbState::new(), MemMaps::default());
+    set_etp(&mut cat, &mut st, &mut maps, &etp_service("Local", "snat"), "node-a");
+    // Two twins with node-a's two backends, the ordinary entries with all three.
+    for f in [np, ext] {
+        let (m, t) = (master(&maps, f).unwrap(), master(&maps, f.local_twin()).unwrap());
+        assert_eq!((m.count, t.count), (3, 2), "{f}");
+        assert_eq!(m.flags & SVC_F_ETP_LOCAL, SVC_F_ETP_LOCAL);
+        assert_eq!(t.flags, m.flags);
+        assert_ne!(t.rev_nat_id, m.rev_nat_id);
+        assert_eq!(maps.maps.revnat[&t.rev_nat_id], f.local_twin());
+        assert_eq!(f.local_twin().scope.number(), f.scope.number() | 2);
+    }
+    assert_eq!(master(&maps, cip).unwrap().flags, 0);
+    assert!(master(&maps, cip.local_twin()).is_none(), "no twin for the cluster IP");
+    assert!(st.take_doomed().is_empty());
+
+    // Same again: nothing to write. Another node: only the twins' entries.
+    assert!(set_etp(&mut cat, &mut st, &mut maps, &etp_service("Local", "snat"), "node-a").is_empty());
+    let ops = set_etp(&mut cat, &mut st, &mut maps, &etp_service("Local", "snat"), "node-b");
+    for op in &ops {
+        let touches_twin = match op {
+            MapOp::UpsertService(k, _) | MapOp::DeleteService(k) => k.frontend.scope.is_local(),
+            MapOp::UpsertBackend(..) | MapOp::DeleteBackend(_) => false,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(touches_twin || matches!(op, MapOp::UpsertBackend(..) | MapOp::DeleteBackend(_)), "{op:?}");
+    }
+    // Per twin: slot 1 rewritten, master count, slot 2 deleted; no backend
+    // is created or deleted (they are all still used by the ordinary entries).
+    assert_eq!(ops.len(), 6, "{ops:?}");
+    assert_eq!(master(&maps, np.local_twin()).unwrap().count, 1);
+    assert!(st.take_doomed().is_empty(), "the twins are never used by sockets");
+
+    // A node with no endpoint: twins with count 0 (the datapath drops).
+    set_etp(&mut cat, &mut st, &mut maps, &etp_service("Local", "snat"), "node-c");
+    for f in [np, ext] {
+        assert_eq!(master(&maps, f.local_twin()).unwrap().count, 0);
+        assert_eq!(master(&maps, f).unwrap().count, 3);
+    }
+
+    // DSR by annotation: the flag on the four external masters, nothing else.
+    let ops = set_etp(&mut cat, &mut st, &mut maps, &etp_service("Local", "dsr"), "node-c");
+    assert_eq!(ops.len(), 4, "{ops:?}");
+    for f in [np, ext, np.local_twin(), ext.local_twin()] {
+        assert_ne!(master(&maps, f).unwrap().flags & SVC_F_DSR, 0, "{f}");
+    }
+    assert_eq!(master(&maps, cip).unwrap().flags & SVC_F_DSR, 0);
+
+    // Local -> Cluster: the twins' entries go (master, slots, revnat), the
+    // ordinary masters lose the flag first.
+    set_etp(&mut cat, &mut st, &mut maps, &etp_service("Local", "snat"), "node-a");
+    let twin_ids: Vec<u32> = [np, ext].iter().map(|f| master(&maps, f.local_twin()).unwrap().rev_nat_id).collect();
+    let ops = set_etp(&mut cat, &mut st, &mut maps, &etp_service("Cluster", "snat"), "node-a");
+    let first_twin_delete = ops.iter().position(|o| matches!(o, MapOp::DeleteService(k) if k.frontend.scope.is_local())).unwrap();
+    let last_flag_clear = ops.iter().rposition(|o| matches!(o, MapOp::UpsertService(k, _) if k.slot == 0 && !k.frontend.scope.is_local())).unwrap();
+    assert!(last_flag_clear < first_twin_delete, "{ops:?}");
+    assert!(maps.maps.services.keys().all(|k| !k.frontend.scope.is_local()));
+    assert!(maps.maps.revnat.values().all(|f| !f.scope.is_local()));
+    for id in twin_ids {
+        assert!(!maps.maps.revnat.contains_key(&id));
+    }
+    assert!(maps.maps.services.values().all(|v| v.flags & SVC_F_ETP_LOCAL == 0));
+    assert_eq!(maps.maps.backends.len(), 3);
+
+    // Cluster -> Local again, then a restart: adoption writes nothing.
+    set_etp(&mut cat, &mut st, &mut maps, &etp_service("Local", "dsr"), "node-a");
+    let dump = maps.dump().unwrap();
+    let mut adopted = LbState::adopt(&dump);
+    let mut ops = adopted.set_service("shop/web", &cat.resolve("shop/web").unwrap());
+    ops.extend(adopted.finish_adoption());
+    ops.extend(adopted.repair_ops(&dump));
+    assert!(ops.is_empty(), "adoption rewrote {ops:?}");
+    // The service gone: everything goes, ordinary masters before twins.
+    let ops = adopted.remove_service("shop/web");
+    let masters: Vec<bool> = ops.iter().filter_map(|o| match o {
+        MapOp::DeleteService(k) if k.slot == 0 => Some(k.frontend.scope.is_local()),
+        _ => None,
+    }).collect();
+    assert_eq!(masters, [false, false, false, true, true]);
+    apply(&mut maps, &ops);
+    assert!(maps.maps.services.is_empty() && maps.maps.revnat.is_empty() && maps.maps.backends.is_empty());
+}
+
+#[test]
+fn local_twins_of_maglev_services_have_their_own_tables() {
+    let text = etp_service("Local", "snat").replace("sluice.io/lb-mode: snat", "sluice.io/lb-algorithm: maglev");
+    let (mut cat, mut st, mut maps) = (Catalog::new(), LbState::new(), MemMaps::default());
+    st.set_maglev_size(maglev::TableSize::new(251).unwrap());
+    set_etp(&mut cat, &mut st, &mut maps, &text, "node-b");
+    let np = FrontendKey::node_port(false, 30080, Protocol::TCP);
+    let twin = master(&maps, np.local_twin()).unwrap();
+    let table = &maps.maps.maglev[&twin.rev_nat_id];
+    let only = maps.maps.services[&SvcKey { frontend: np.local_twin(), slot: 1 }].backend_id;
+    assert!(table.iter().all(|b| *b == only), "the twin's table holds its one local backend");
+    assert_eq!(maps.maps.maglev.len(), 5, "cluster IP, external IP, node port and two twins");
+    // No local backend: no table (as for any Maglev frontend without backends).
+    set_etp(&mut cat, &mut st, &mut maps, &text, "node-c");
+    assert_eq!(maps.maps.maglev.len(), 3);
 }

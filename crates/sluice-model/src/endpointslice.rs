@@ -29,6 +29,8 @@ pub struct Endpoint {
     pub addresses: Vec<String>,
     #[serde(default)]
     pub conditions: EndpointConditions,
+    /// The node the endpoint runs on: what `externalTrafficPolicy: Local`
+    /// compares with the agent's `--node-name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +47,13 @@ pub struct EndpointConditions {
     pub serving: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminating: Option<bool>,
+}
+
+impl Endpoint {
+    /// Whether the endpoint runs on the node named `node`.
+    pub fn is_on(&self, node: &str) -> bool {
+        self.node_name.as_deref() == Some(node)
+    }
 }
 
 impl EndpointConditions {
@@ -107,6 +116,14 @@ impl EndpointSlice {
             }
         };
         for (i, ep) in self.endpoints.iter().enumerate() {
+            if let Some(n) = &ep.node_name {
+                if !crate::meta::is_dns_subdomain(n) {
+                    c.err(
+                        format!("endpoints[{i}].nodeName"),
+                        format!("{n:?} is not a valid node name (lower-case letters, digits, '-' and '.', at most 253 characters)"),
+                    );
+                }
+            }
             if ep.addresses.is_empty() {
                 c.err(format!("endpoints[{i}].addresses"), "needs at least one address");
             }

@@ -18,4 +18,4 @@ pub use error::{ManifestError, Origin};
 pub use manifest::{parse_documents, Kind, Manifest, Object, ObjectRef};
 pub use meta::ObjectMeta;
 pub use pod::Pod;
-pub use service::{IntOrString, LbAlgorithm, Protocol, Service, ServicePort, ServiceType};
+pub use service::{ExternalTrafficPolicy, IntOrString, LbAlgorithm, LbMode, Protocol, Service, ServicePort, ServiceType};

@@ -283,6 +283,80 @@ ports:
     }
 
     #[test]
+    fn bad_lb_mode_names_the_annotation() {
+        let with = |v: &str| SVC.replace("metadata: {name: web, namespace: shop}", &format!("metadata: {{name: web, namespace: shop, annotations: {{sluice.io/lb-mode: {v}}}}}"));
+        let e = one_error(&with("DSR"));
+        assert_eq!(e.object, "Service shop/web");
+        assert_eq!(e.field, "metadata.annotations[\"sluice.io/lb-mode\"]");
+        assert_eq!(e.message, "\"DSR\" is not \"snat\" or \"dsr\"");
+        assert!(e.to_string().starts_with("f.yaml (document 1): Service shop/web: metadata.annotations"), "{e}");
+        for (v, want) in [("dsr", crate::LbMode::Dsr), ("snat", crate::LbMode::Snat)] {
+            match &parse_documents("f.yaml", &with(v)).unwrap()[0].object {
+                Object::Service(s) => assert_eq!(s.lb_mode(), Some(want)),
+                _ => panic!("not a service"),
+            }
+        }
+        match &parse_documents("f.yaml", SVC).unwrap()[0].object {
+            Object::Service(s) => assert_eq!(s.lb_mode(), None),
+            _ => panic!("not a service"),
+        }
+    }
+
+    #[test]
+    fn external_traffic_policy_is_checked_as_kubernetes_does() {
+        use crate::ExternalTrafficPolicy as P;
+        let svc = |ty: &str, extra: &str| {
+            SVC.replace("  clusterIP: 198.19.0.1\n", &format!("  type: {ty}\n  clusterIP: 198.19.0.1\n{extra}"))
+        };
+        let policy = |text: &str| match &parse_documents("f.yaml", text).unwrap()[0].object {
+            Object::Service(s) => s.external_traffic_policy(),
+            _ => panic!("not a service"),
+        };
+        // Unset: Cluster.
+        assert_eq!(policy(&svc("NodePort", "")), P::Cluster);
+        assert_eq!(policy(&svc("NodePort", "  externalTrafficPolicy: Local\n")), P::Local);
+        assert_eq!(policy(&svc("LoadBalancer", "  externalTrafficPolicy: Local\n")), P::Local);
+        assert_eq!(policy(&svc("LoadBalancer", "  externalTrafficPolicy: Cluster\n")), P::Cluster);
+        // A ClusterIP service is externally accessible through external IPs.
+        assert_eq!(policy(&svc("ClusterIP", "  externalIPs: [198.19.9.9]\n  externalTrafficPolicy: Local\n")), P::Local);
+        // Anything else than the two current spellings is refused, the
+        // pre-1.7 ones included.
+        for bad in ["OnlyLocal", "Global", "local"] {
+            let e = one_error(&svc("NodePort", &format!("  externalTrafficPolicy: {bad}\n")));
+            assert_eq!(e.object, "Service shop/web");
+            assert_eq!(e.field, "spec.externalTrafficPolicy");
+            assert_eq!(e.message, format!("{bad:?} is not one of \"Cluster\", \"Local\""));
+        }
+        // Not externally accessible: refused, as the API server does.
+        for text in [svc("ClusterIP", "  externalTrafficPolicy: Local\n"), SVC.replace("  clusterIP: 198.19.0.1\n", "  clusterIP: 198.19.0.1\n  externalTrafficPolicy: Cluster\n")] {
+            let e = one_error(&text);
+            assert_eq!(e.field, "spec.externalTrafficPolicy");
+            assert!(e.message.starts_with("may only be set for externally-accessible services"), "{e}");
+            assert!(e.to_string().starts_with("f.yaml (document 1): Service shop/web: spec.externalTrafficPolicy: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn endpoint_node_name_is_parsed_and_checked() {
+        let text = SVC.replace("- addresses: [198.18.1.10]\n", "- addresses: [198.18.1.10]\n  nodeName: node-a.example\n");
+        match &parse_documents("f.yaml", &text).unwrap()[1].object {
+            Object::EndpointSlice(s) => {
+                assert_eq!(s.endpoints[0].node_name.as_deref(), Some("node-a.example"));
+                assert!(s.endpoints[0].is_on("node-a.example") && !s.endpoints[0].is_on("node-b"));
+            }
+            _ => panic!("not a slice"),
+        }
+        match &parse_documents("f.yaml", SVC).unwrap()[1].object {
+            Object::EndpointSlice(s) => assert_eq!(s.endpoints[0].node_name, None),
+            _ => panic!("not a slice"),
+        }
+        let e = one_error(&SVC.replace("- addresses: [198.18.1.10]\n", "- addresses: [198.18.1.10]\n  nodeName: Node_A\n"));
+        assert_eq!(e.object, "EndpointSlice shop/web-1");
+        assert_eq!(e.field, "endpoints[0].nodeName");
+        assert!(e.message.starts_with("\"Node_A\" is not a valid node name"), "{e}");
+    }
+
+    #[test]
     fn wrong_type_names_the_path() {
         let e = one_error(&SVC.replace("port: 80,", "port: [80],"));
         assert_eq!(e.field, "spec.ports[0].port");

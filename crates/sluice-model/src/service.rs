@@ -197,6 +197,84 @@ impl std::str::FromStr for LbAlgorithm {
     }
 }
 
+/// Annotation that chooses how traffic from outside the node reaches a
+/// backend on another node: `snat` or `dsr`. Without it the agent's
+/// `--lb-mode` applies. Only external frontends (node ports, external and
+/// load-balancer IPs) are affected; a ClusterIP service may carry it.
+pub const LB_MODE_ANNOTATION: &str = "sluice.io/lb-mode";
+
+/// How external traffic is forwarded to a backend on another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbMode {
+    /// The node translates source and destination; replies come back
+    /// through it.
+    #[default]
+    Snat,
+    /// Direct server return: the remote backend answers the client itself.
+    Dsr,
+}
+
+impl LbMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbMode::Snat => "snat",
+            LbMode::Dsr => "dsr",
+        }
+    }
+}
+
+impl std::fmt::Display for LbMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LbMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "snat" => Ok(LbMode::Snat),
+            "dsr" => Ok(LbMode::Dsr),
+            _ => Err(format!("{s:?} is not \"snat\" or \"dsr\"")),
+        }
+    }
+}
+
+/// `spec.externalTrafficPolicy`: which endpoints traffic from outside the
+/// cluster (node ports, external IPs, load-balancer IPs) may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ExternalTrafficPolicy {
+    /// Every endpoint of the service, on any node (the default).
+    #[default]
+    Cluster,
+    /// Only the endpoints on the node the traffic arrived at; a node with
+    /// none drops it (the client's address is preserved).
+    Local,
+}
+
+impl ExternalTrafficPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalTrafficPolicy::Cluster => "Cluster",
+            ExternalTrafficPolicy::Local => "Local",
+        }
+    }
+}
+
+impl std::str::FromStr for ExternalTrafficPolicy {
+    type Err = String;
+    /// Only the current spellings: the pre-1.7 `Global`/`OnlyLocal` were
+    /// removed from Kubernetes and are refused here too.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "Cluster" => Ok(ExternalTrafficPolicy::Cluster),
+            "Local" => Ok(ExternalTrafficPolicy::Local),
+            _ => Err(format!("{s:?} is not one of \"Cluster\", \"Local\"")),
+        }
+    }
+}
+
 /// Default timeout of ClientIP session affinity (Kubernetes: 3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -263,6 +341,30 @@ impl Service {
         self.metadata.annotations.get(LB_ALGORITHM_ANNOTATION).and_then(|v| v.parse().ok())
     }
 
+    /// The forwarding mode the service's annotation asks for, if any
+    /// (checked when the manifest was parsed).
+    pub fn lb_mode(&self) -> Option<LbMode> {
+        self.metadata.annotations.get(LB_MODE_ANNOTATION).and_then(|v| v.parse().ok())
+    }
+
+    /// Whether traffic from outside the cluster can address the service,
+    /// as Kubernetes defines it: NodePort and LoadBalancer services, and
+    /// ClusterIP services with external IPs.
+    pub fn externally_accessible(&self) -> bool {
+        match self.spec.type_ {
+            ServiceType::NodePort | ServiceType::LoadBalancer => true,
+            ServiceType::ClusterIP => !self.spec.external_ips.is_empty(),
+            ServiceType::ExternalName => false,
+        }
+    }
+
+    /// `spec.externalTrafficPolicy`, `Cluster` when unset (Kubernetes
+    /// defaults it so for externally accessible services; other services
+    /// cannot set it: see `check`).
+    pub fn external_traffic_policy(&self) -> ExternalTrafficPolicy {
+        self.spec.external_traffic_policy.as_deref().and_then(|v| v.parse().ok()).unwrap_or_default()
+    }
+
     pub fn has_node_ports(&self) -> bool {
         matches!(self.spec.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
@@ -280,6 +382,11 @@ impl Service {
         if let Some(v) = self.metadata.annotations.get(LB_ALGORITHM_ANNOTATION) {
             if let Err(e) = v.parse::<LbAlgorithm>() {
                 c.err(format!("metadata.annotations[{LB_ALGORITHM_ANNOTATION:?}]"), e);
+            }
+        }
+        if let Some(v) = self.metadata.annotations.get(LB_MODE_ANNOTATION) {
+            if let Err(e) = v.parse::<LbMode>() {
+                c.err(format!("metadata.annotations[{LB_MODE_ANNOTATION:?}]"), e);
             }
         }
         let s = &self.spec;
@@ -338,9 +445,22 @@ impl Service {
                 );
             }
         }
-        match s.external_traffic_policy.as_deref() {
-            None | Some("Cluster") | Some("Local") => {}
-            Some(other) => c.err("spec.externalTrafficPolicy", format!("{other:?} is not one of \"Cluster\", \"Local\"")),
+        // Kubernetes (validateServiceExternalTrafficPolicy): the field is
+        // refused on a service nothing outside the cluster can reach
+        // (ClusterIP without external IPs, ExternalName), and defaults to
+        // Cluster elsewhere.
+        if let Some(v) = s.external_traffic_policy.as_deref() {
+            if let Err(e) = v.parse::<ExternalTrafficPolicy>() {
+                c.err("spec.externalTrafficPolicy", e);
+            } else if !self.externally_accessible() {
+                c.err(
+                    "spec.externalTrafficPolicy",
+                    format!(
+                        "may only be set for externally-accessible services (type NodePort or LoadBalancer, or with spec.externalIPs); this one is {:?} without external IPs",
+                        s.type_
+                    ),
+                );
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         let multi = s.ports.len() > 1;

@@ -154,6 +154,18 @@ struct AgentArgs {
     /// (consistent hashing of the 5-tuple: every node picks the same backend).
     #[arg(long, default_value = "random", value_parser = parse_lb_algorithm)]
     lb_algorithm: sluice_lb::LbAlgorithm,
+    /// How traffic from outside reaches a backend on another node, for
+    /// Services without a `sluice.io/lb-mode` annotation: `snat` (replies
+    /// come back through this node) or `dsr` (direct server return: the
+    /// backend answers the client itself). Sets SVC_F_DSR on node-port,
+    /// external-IP and load-balancer-IP frontends.
+    #[arg(long, default_value = "snat", value_parser = parse_lb_mode)]
+    lb_mode: sluice_lb::LbMode,
+    /// This node's name, as EndpointSlices give it in `endpoints[].nodeName`:
+    /// `externalTrafficPolicy: Local` services send traffic from outside
+    /// only to those endpoints [default: the host name, lower case].
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// Slots of each Maglev table: a prime, at least 100 times the largest
     /// number of backends of a Maglev service (4 bytes a slot, per frontend).
     #[arg(long, value_name = "M", default_value = "16381", value_parser = parse_maglev_size)]
@@ -395,6 +407,11 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         Some((Ok(x), Ok(y))) if 1024 <= x && x <= y => (x, y),
         _ => bail!("--snat-ports {:?}: give FIRST-LAST with 1024 <= FIRST <= LAST <= 65535, e.g. 61000-65535", a.snat_ports),
     };
+    let node_name = match a.node_name {
+        Some(n) => n,
+        None => sluice_agent::nodeaddr::host_node_name().context("reading the host name (give --node-name)")?,
+    };
+    sluice_agent::nodeaddr::check_node_name(&node_name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
     let cfg = sluice_agent::AgentConfig {
         service_cidr,
         state_dir: a.state_dir,
@@ -408,7 +425,12 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         xdp: a.xdp.0,
         snat_ports,
         fail_point: a.fail_point,
-        lb: sluice_lb::LbOptions { default_algorithm: a.lb_algorithm, maglev_size: a.maglev_table_size },
+        lb: sluice_lb::LbOptions {
+            default_algorithm: a.lb_algorithm,
+            maglev_size: a.maglev_table_size,
+            default_mode: a.lb_mode,
+            node_name,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(sluice_agent::run(cfg))?;
@@ -429,6 +451,10 @@ fn parse_xdp(s: &str) -> Result<XdpArg, String> {
 }
 
 fn parse_lb_algorithm(s: &str) -> Result<sluice_lb::LbAlgorithm, String> {
+    s.parse()
+}
+
+fn parse_lb_mode(s: &str) -> Result<sluice_lb::LbMode, String> {
     s.parse()
 }
 
@@ -636,7 +662,9 @@ fn service_list(sock: &Path, out: Format) -> anyhow::Result<i32> {
                 (Some(s), p) => format!("{s}:{p}"),
                 (None, _) => "<unowned>".into(),
             };
-            let backends = if v.backends.is_empty() {
+            let backends = if v.backends.is_empty() && v.frontend.scope.is_local() {
+                "<none on this node: external traffic dropped>".to_string()
+            } else if v.backends.is_empty() {
                 "<none: connects refused>".to_string()
             } else {
                 v.backends
