@@ -15,11 +15,13 @@
 //! swaps the new programs into the pinned links atomically, so neither
 //! established nor new connections notice the restart.
 
+pub mod ctgc;
 pub mod encode;
 pub mod fsutil;
 pub mod lbmaps;
 pub mod loader;
 pub mod pod;
+pub mod simulate;
 pub mod sockterm;
 
 #[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]

@@ -595,6 +595,11 @@ impl PodDatapath {
         Ok(node_cfg_from_c(&v))
     }
 
+    /// The conntrack and NAT maps, for the sweep ([`crate::ctgc`]).
+    pub fn gc_maps(&self) -> (&MapHandle, &MapHandle) {
+        (&self.ct, &self.snat)
+    }
+
     /// Every conntrack entry, expired ones included.
     pub fn ct_entries(&self) -> Result<Vec<CtEntry>, DatapathError> {
         let mut out = Vec::new();

@@ -53,6 +53,9 @@ enum Cmd {
     /// Inspect the BPF maps directly (works while the agent is down).
     #[command(subcommand)]
     Bpf(BpfCmd),
+    /// Load balancing as the datapath does it.
+    #[command(subcommand)]
+    Lb(LbCmd),
     /// Agent and datapath health: programs attached, object counts, counters.
     Status(OutArgs),
     /// Manage the loaded datapath.
@@ -220,6 +223,45 @@ enum ServiceCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum LbCmd {
+    /// What the per-packet datapath would do with one packet, from the live
+    /// maps (reads only; works while the agent is down): the frontend it
+    /// matches, how the backend is chosen, the backend, and where the packet
+    /// goes (local pod, local host, remote with SNAT or DSR, or the drop and why).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// Client address, optionally with a port: 198.51.100.7, 198.51.100.7:40000, [2001:db8::7]:40000.
+    /// Without a port one is picked (and said so): Maglev depends on it.
+    #[arg(long)]
+    src: String,
+    /// Destination as the packet arrives: a VIP or a node address, with the port (10.96.0.10:80, 192.0.2.10:30080).
+    #[arg(long)]
+    dst: String,
+    /// tcp or udp.
+    #[arg(long)]
+    proto: String,
+    /// Where the packet enters: `outside` (the node's external devices:
+    /// NodePort, ExternalIP, LoadBalancer; externalTrafficPolicy: Local
+    /// honoured) or `pod` (a pod's device: every frontend, every backend).
+    #[arg(long, value_enum, default_value_t = SimFrom::Outside)]
+    from: SimFrom,
+    /// Pin directory of the datapath.
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    bpffs: PathBuf,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SimFrom {
+    Outside,
+    Pod,
+}
+
+#[derive(Subcommand, Debug)]
 enum BpfCmd {
     /// Load-balancing maps.
     #[command(subcommand)]
@@ -346,6 +388,7 @@ pub fn main() -> anyhow::Result<i32> {
         Cmd::Bpf(BpfCmd::Ep(BpfListCmd::List(b))) => bpf_ep_list(&b),
         Cmd::Bpf(BpfCmd::Ct(BpfFilteredCmd::List(f))) => bpf_ct_list(&f),
         Cmd::Bpf(BpfCmd::Nat(BpfFilteredCmd::List(f))) => bpf_nat_list(&f),
+        Cmd::Lb(LbCmd::Simulate(a)) => lb_simulate(&a),
         Cmd::Status(o) => status(&sock, o.output),
         Cmd::Socket(SocketCmd::Kill(k)) => socket_kill(k),
         Cmd::Socket(SocketCmd::Events(o)) => socket_events(&sock, o.output),
@@ -713,6 +756,25 @@ fn bpf_lb_list(b: &BpfArgs) -> anyhow::Result<i32> {
     match b.out.output {
         Format::Text => print!("{}", dump.to_text()),
         _ => json(&dump),
+    }
+    Ok(0)
+}
+
+fn lb_simulate(a: &SimulateArgs) -> anyhow::Result<i32> {
+    use sluice_lb::simulate::{flow_from_args, simulate, Origin};
+    let (tuple, picked) = flow_from_args(&a.src, &a.dst, &a.proto).map_err(|e| anyhow::anyhow!(e))?;
+    if !a.bpffs.join("maps").is_dir() {
+        bail!("no datapath pinned under {} (is the agent installed? see --bpffs)", a.bpffs.display());
+    }
+    let maps = sluice_datapath::simulate::KernelSim::open(&a.bpffs).context("opening the pinned maps")?;
+    let from = match a.from {
+        SimFrom::Outside => Origin::Outside,
+        SimFrom::Pod => Origin::Pod,
+    };
+    let r = simulate(&maps, from, tuple, picked).map_err(|e| anyhow::anyhow!("reading the maps: {e}"))?;
+    match a.out.output {
+        Format::Text => print!("{}", r.to_text()),
+        _ => json(&r),
     }
     Ok(0)
 }
