@@ -45,7 +45,7 @@ pub mod skel_host {
 }
 
 pub use lbmaps::{KernelMaps, Metric};
-pub use loader::{install, uninstall, DatapathConfig, InstallReport, LinkStatus};
+pub use loader::{install, uninstall, DatapathConfig, InstallReport, LinkStatus, TableSizes};
 
 /// Errors of the datapath. Load failures carry libbpf's message, which
 /// includes the verifier log.

@@ -664,6 +664,18 @@ pub fn install_devices_sized(
     host_netns_cookie: u64,
     maglev_size: u32,
 ) -> Result<(Vec<String>, Vec<LinkStatus>), DatapathError> {
+    let (adopted, links, _) = install_devices_with(pin_dir, host_netns_cookie, maglev_size, &crate::loader::TableSizes::default())?;
+    Ok((adopted, links))
+}
+
+/// [`install_devices_sized`] with conntrack and NAT tables of `tables`
+/// sizes; also returns warnings (a table pinned with another size).
+pub fn install_devices_with(
+    pin_dir: &Path,
+    host_netns_cookie: u64,
+    maglev_size: u32,
+    tables: &crate::loader::TableSizes,
+) -> Result<(Vec<String>, Vec<LinkStatus>, Vec<String>), DatapathError> {
     crate::fsutil::ensure_bpffs(pin_dir)?;
     let mut adopted = Vec::new();
 
@@ -674,6 +686,7 @@ pub fn install_devices_sized(
         ro.sl_maglev_m = maglev_size;
     }
     let _lxc_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    let mut warnings = crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)?;
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let lxc = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the pod datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
@@ -685,6 +698,12 @@ pub fn install_devices_sized(
     let mut open = HostSkelBuilder::default().open(&mut host_storage).map_err(DatapathError::bpf("opening the host object"))?;
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let _host_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    // The pod object has just created or reused the pins: same sizes here.
+    for w in crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)? {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
     let host = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the host datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
         source: e,
@@ -694,7 +713,7 @@ pub fn install_devices_sized(
     let links = adopt_device_links(pin_dir)?;
     adopted.sort();
     adopted.dedup();
-    Ok((adopted, links))
+    Ok((adopted, links, warnings))
 }
 
 fn set_pin_paths(obj: &mut OpenObject, pin_dir: &Path, adopted: &mut Vec<String>) -> Result<(), DatapathError> {

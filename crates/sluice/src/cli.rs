@@ -151,6 +151,16 @@ struct AgentArgs {
     /// number of backends of a Maglev service (4 bytes a slot, per frontend).
     #[arg(long, value_name = "M", default_value = "16381", value_parser = parse_maglev_size)]
     maglev_table_size: sluice_lb::maglev::TableSize,
+    /// Seconds between sweeps of expired conntrack and NAT entries (0 disables them).
+    #[arg(long, default_value_t = 10)]
+    ct_gc_interval: u64,
+    /// Entries of the conntrack table sl_ct_v1 (1 to 16777216). A table
+    /// already pinned with another size keeps it until `sluice datapath uninstall`.
+    #[arg(long, default_value_t = sluice_datapath::loader::DEFAULT_CT_MAX)]
+    ct_max: u32,
+    /// Entries of the NAT table sl_snat_v1 (1 to 16777216); as --ct-max.
+    #[arg(long, default_value_t = sluice_datapath::loader::DEFAULT_NAT_MAX)]
+    nat_max: u32,
     /// Tests only: abort during a CNI ADD (`cni-add-after-alloc`, `cni-add-after-link`).
     #[arg(long, hide = true)]
     fail_point: Option<String>,
@@ -428,6 +438,11 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         Some((Ok(x), Ok(y))) if 1024 <= x && x <= y => (x, y),
         _ => bail!("--snat-ports {:?}: give FIRST-LAST with 1024 <= FIRST <= LAST <= 65535, e.g. 61000-65535", a.snat_ports),
     };
+    let tables = sluice_datapath::TableSizes { ct_max: a.ct_max, nat_max: a.nat_max };
+    tables.validate().map_err(|e| anyhow::anyhow!(e))?;
+    if a.ct_gc_interval > 86400 {
+        bail!("--ct-gc-interval {}: give seconds from 1 to 86400, or 0 to disable the sweep", a.ct_gc_interval);
+    }
     let cfg = sluice_agent::AgentConfig {
         service_cidr,
         state_dir: a.state_dir,
@@ -441,6 +456,8 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         snat_ports,
         fail_point: a.fail_point,
         lb: sluice_lb::LbOptions { default_algorithm: a.lb_algorithm, maglev_size: a.maglev_table_size },
+        ct_gc_interval: Duration::from_secs(a.ct_gc_interval),
+        tables,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(sluice_agent::run(cfg))?;
@@ -804,6 +821,25 @@ fn status(sock: &Path, out: Format) -> anyhow::Result<i32> {
     println!("objects:    {} services, {} endpoint slices", s.services, s.endpoint_slices);
     println!("maps:       {} frontends, {} backends, {} socket reverse-NAT entries", s.frontends, s.backends, s.sock_revnat_entries);
     println!("node addrs: {}", if s.node_addresses.is_empty() { "-".into() } else { s.node_addresses.join(", ") });
+    for t in &s.table_sizes {
+        let pinned = match t.pinned {
+            Some(p) if p != t.configured => format!("{p} entries pinned, NOT the configured {} (kept until `sluice datapath uninstall`)", t.configured),
+            Some(p) => format!("{p} entries"),
+            None => "not pinned".into(),
+        };
+        println!("{:<11} {pinned}", format!("{}:", t.map));
+    }
+    match &s.ct_gc {
+        Some(g) if g.error.is_some() => println!("ct gc:      last sweep {}s ago FAILED: {}", g.ago_s, g.error.as_deref().unwrap_or_default()),
+        Some(g) => println!(
+            "ct gc:      last sweep {}s ago (every {}s, {} us): conntrack {} scanned, {} expired, {} orphans deleted; NAT {} scanned, {} expired, {} orphans deleted",
+            g.ago_s, g.interval_s, g.duration_us, g.ct_scanned, g.ct_expired, g.ct_orphans, g.nat_scanned, g.nat_expired, g.nat_orphans
+        ),
+        None => println!("ct gc:      no sweep yet (or --ct-gc-interval 0)"),
+    }
+    for w in &s.warnings {
+        println!("WARNING:    {w}");
+    }
     println!("programs:");
     for l in &s.links {
         println!("  {:<18} {}", l.program, l.state);
