@@ -178,3 +178,27 @@ fn simulate_reads_the_kernel_maps() {
     let r = simulate(&sim, Origin::Outside, t, false).unwrap();
     assert!(r.frontend.is_none());
 }
+
+/// --ct-max/--nat-max: both objects get the sizes; a pin of another size is
+/// kept (libbpf could not reuse it otherwise) and reported.
+#[test]
+fn table_sizes_apply_and_a_pinned_size_is_kept_and_reported() {
+    use sluice_datapath::loader::{pinned_table_sizes, TableSizes};
+    require_root();
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/sluice-sizing-{}", std::process::id()));
+    let cookie = sluice_datapath::fsutil::netns_cookie().unwrap();
+    let sizes = TableSizes { ct_max: 1000, nat_max: 3000 };
+    let (_, _, warnings) = sluice_datapath::pod::install_devices_with(&pin_dir, cookie, 251, &sizes).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(pinned_table_sizes(&pin_dir), (Some(1000), Some(3000)));
+
+    let (_, _, warnings) = sluice_datapath::pod::install_devices_with(&pin_dir, cookie, 251, &TableSizes { ct_max: 2000, nat_max: 3000 }).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("sl_ct_v1") && warnings[0].contains("1000") && warnings[0].contains("--ct-max"), "{}", warnings[0]);
+    assert_eq!(pinned_table_sizes(&pin_dir), (Some(1000), Some(3000)));
+
+    sluice_datapath::uninstall(&pin_dir).unwrap();
+    assert!(TableSizes { ct_max: 0, nat_max: 1 }.validate().is_err());
+    assert!(TableSizes { ct_max: 1, nat_max: (16 << 20) + 1 }.validate().is_err());
+    assert!(TableSizes { ct_max: 100_000, nat_max: 16 << 20 }.validate().is_ok());
+}
