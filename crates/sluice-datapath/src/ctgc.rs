@@ -142,7 +142,10 @@ struct Entry {
 
 /// (entries to delete as expired, entries to delete as orphans), each with
 /// the last_seen_ns that was read.
-fn decide(entries: &[Entry], now: u64, grace: Duration, orphan_followed_too: bool) -> (Vec<(Bytes, u64)>, Vec<(Bytes, u64)>) {
+/// Keys to delete, each with the `last_seen_ns` that was read.
+type Doomed = Vec<(Bytes, u64)>;
+
+fn decide(entries: &[Entry], now: u64, grace: Duration, orphan_followed_too: bool) -> (Doomed, Doomed) {
     let by_key: HashMap<&[u8], &Entry> = entries.iter().map(|e| (e.key.as_slice(), e)).collect();
     let mut expired = Vec::new();
     let mut orphans = Vec::new();
@@ -151,9 +154,8 @@ fn decide(entries: &[Entry], now: u64, grace: Duration, orphan_followed_too: boo
         let partner = by_key.get(e.partner.as_slice()).filter(|p| p.partner == e.key);
         match partner {
             Some(p) => {
-                let (f, r) = if e.followed { (e, *p) } else { (*p, e) };
+                let f = if e.followed { e } else { *p };
                 if !alive(f.last_seen, f.lifetime, now) {
-                    let _ = r;
                     expired.push((e.key.clone(), e.last_seen));
                 }
             }

@@ -668,6 +668,9 @@ pub fn install_devices_sized(
     Ok((adopted, links))
 }
 
+/// Adopted maps, device links, warnings.
+pub type DevicesInstalled = (Vec<String>, Vec<LinkStatus>, Vec<String>);
+
 /// [`install_devices_sized`] with conntrack and NAT tables of `tables`
 /// sizes; also returns warnings (a table pinned with another size).
 pub fn install_devices_with(
@@ -675,7 +678,7 @@ pub fn install_devices_with(
     host_netns_cookie: u64,
     maglev_size: u32,
     tables: &crate::loader::TableSizes,
-) -> Result<(Vec<String>, Vec<LinkStatus>, Vec<String>), DatapathError> {
+) -> Result<DevicesInstalled, DatapathError> {
     crate::fsutil::ensure_bpffs(pin_dir)?;
     let mut adopted = Vec::new();
 
