@@ -48,6 +48,10 @@ pub struct AgentConfig {
     /// default forwarding mode (`--lb-mode`) and this node's name
     /// (`--node-name`).
     pub lb: sluice_lb::LbOptions,
+    /// Conntrack/NAT garbage collection period (`--ct-gc-interval`); zero disables it.
+    pub ct_gc_interval: Duration,
+    /// Sizes of the conntrack and NAT tables (`--ct-max`, `--nat-max`).
+    pub tables: sluice_datapath::TableSizes,
 }
 
 struct Shared {
@@ -58,6 +62,10 @@ struct Shared {
     cgroup: PathBuf,
     started: Instant,
     sockets: Mutex<SocketLog>,
+    /// The last conntrack/NAT sweep and when it ran.
+    ct_gc: Mutex<Option<(Instant, sluice_api::CtGcView)>>,
+    /// From the install (a table pinned with another size).
+    warnings: Vec<String>,
 }
 
 /// Sockets ended because their backend left a service: counters and the
@@ -86,10 +94,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         pin_dir: cfg.pin_dir.clone(),
         cgroup: cgroup.clone(),
         maglev_size: cfg.lb.maglev_size.get(),
+        tables: cfg.tables,
     })
         .context("installing the datapath")?;
     for l in &report.links {
         info!(program = %l.program, state = %l.state, "link");
+    }
+    for w in &report.warnings {
+        warn!("{w}");
     }
     let maps = KernelMaps::open(&cfg.pin_dir)?;
     let podnet = KernelPodNet::new(&cfg.pin_dir).map_err(|e| anyhow::anyhow!("opening the pod datapath: {e}"))?;
@@ -128,7 +140,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         cgroup,
         started: Instant::now(),
         sockets: Mutex::new(SocketLog::default()),
+        ct_gc: Mutex::new(None),
+        warnings: report.warnings.clone(),
     });
+    if !cfg.ct_gc_interval.is_zero() {
+        spawn_ct_gc(shared.clone())?;
+    }
     refresh_node_addrs(&shared);
 
     let refresher = {
@@ -352,6 +369,49 @@ fn error(e: CoreError) -> Response {
     }
 }
 
+/// Sweep the conntrack and NAT tables every `ct_gc_interval`, on a thread
+/// of its own (it holds no lock of the agent's while it works).
+fn spawn_ct_gc(shared: Arc<Shared>) -> anyhow::Result<()> {
+    let dp = sluice_datapath::pod::PodDatapath::open(&shared.cfg.pin_dir).map_err(|e| anyhow::anyhow!("opening the conntrack tables: {e}"))?;
+    let interval = shared.cfg.ct_gc_interval;
+    std::thread::Builder::new().name("ct-gc".into()).spawn(move || loop {
+        std::thread::sleep(interval);
+        let view = match sluice_datapath::ctgc::sweep_now(&dp, sluice_datapath::ctgc::DEFAULT_ORPHAN_GRACE) {
+            Ok(c) => {
+                tracing::debug!(
+                    ct_scanned = c.ct_scanned,
+                    ct_expired = c.ct_expired,
+                    ct_orphans = c.ct_orphans,
+                    nat_scanned = c.nat_scanned,
+                    nat_expired = c.nat_expired,
+                    nat_orphans = c.nat_orphans,
+                    raced = c.raced,
+                    us = c.duration_us,
+                    "conntrack/NAT sweep"
+                );
+                sluice_api::CtGcView {
+                    ago_s: 0,
+                    interval_s: interval.as_secs(),
+                    ct_scanned: c.ct_scanned,
+                    ct_expired: c.ct_expired,
+                    ct_orphans: c.ct_orphans,
+                    nat_scanned: c.nat_scanned,
+                    nat_expired: c.nat_expired,
+                    nat_orphans: c.nat_orphans,
+                    duration_us: c.duration_us,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                warn!("conntrack/NAT sweep: {e}");
+                sluice_api::CtGcView { interval_s: interval.as_secs(), error: Some(e.to_string()), ..Default::default() }
+            }
+        };
+        *shared.ct_gc.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), view));
+    })?;
+    Ok(())
+}
+
 /// End, in a thread of their own, the sockets of backends that left.
 fn terminate_doomed(shared: Arc<Shared>, doomed: Vec<(String, u32, sluice_lb::BackendKey)>) {
     std::thread::spawn(move || {
@@ -488,6 +548,20 @@ fn handle_locked(shared: &Shared, req: Request) -> Response {
                 sock_revnat_entries: maps.sock_revnat_entries(),
                 counters: maps.metrics().map(|m| m.into_iter().map(|m| (m.name, m.value)).collect()).unwrap_or_default(),
                 uptime_s: shared.started.elapsed().as_secs(),
+                ct_gc: shared
+                    .ct_gc
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|(at, v)| sluice_api::CtGcView { ago_s: at.elapsed().as_secs(), ..v.clone() }),
+                table_sizes: {
+                    let (ct, nat) = loader::pinned_table_sizes(&shared.cfg.pin_dir);
+                    vec![
+                        sluice_api::TableSizeView { map: "sl_ct_v1".into(), configured: shared.cfg.tables.ct_max, pinned: ct },
+                        sluice_api::TableSizeView { map: "sl_snat_v1".into(), configured: shared.cfg.tables.nat_max, pinned: nat },
+                    ]
+                },
+                warnings: shared.warnings.clone(),
             })
         }
     }

@@ -252,6 +252,40 @@ pub struct Status {
     pub sock_revnat_entries: usize,
     pub counters: Vec<(String, u64)>,
     pub uptime_s: u64,
+    /// The last conntrack/NAT garbage collection sweep (None: none yet, or disabled).
+    #[serde(default)]
+    pub ct_gc: Option<CtGcView>,
+    /// Conntrack and NAT table sizes: (configured, pinned).
+    #[serde(default)]
+    pub table_sizes: Vec<TableSizeView>,
+    /// Things the operator should know (a table pinned with another size).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// What the last conntrack/NAT sweep found and deleted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtGcView {
+    /// Seconds since the sweep ran.
+    pub ago_s: u64,
+    pub interval_s: u64,
+    pub ct_scanned: u64,
+    pub ct_expired: u64,
+    pub ct_orphans: u64,
+    pub nat_scanned: u64,
+    pub nat_expired: u64,
+    pub nat_orphans: u64,
+    pub duration_us: u64,
+    /// Set when the sweep failed.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSizeView {
+    pub map: String,
+    pub configured: u32,
+    /// None when not pinned.
+    pub pinned: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -15,11 +15,13 @@
 //! swaps the new programs into the pinned links atomically, so neither
 //! established nor new connections notice the restart.
 
+pub mod ctgc;
 pub mod encode;
 pub mod fsutil;
 pub mod lbmaps;
 pub mod loader;
 pub mod pod;
+pub mod simulate;
 pub mod sockterm;
 
 #[allow(clippy::all, dead_code, non_camel_case_types, non_snake_case, unused_imports)]
@@ -48,7 +50,7 @@ pub mod skel_xdp {
 }
 
 pub use lbmaps::{KernelMaps, Metric};
-pub use loader::{install, uninstall, DatapathConfig, InstallReport, LinkStatus};
+pub use loader::{install, uninstall, DatapathConfig, InstallReport, LinkStatus, TableSizes};
 
 /// Errors of the datapath. Load failures carry libbpf's message, which
 /// includes the verifier log.

@@ -60,6 +60,81 @@ pub struct DatapathConfig {
     /// Slots of each Maglev table (a prime, checked by the caller): the
     /// programs' `sl_maglev_m` and the size of the inner-map template.
     pub maglev_size: u32,
+    /// Entries of the conntrack and NAT tables (`--ct-max`, `--nat-max`).
+    pub tables: TableSizes,
+}
+
+/// Sizes of the conntrack (`sl_ct_v1`) and NAT (`sl_snat_v1`) tables, set
+/// on every object that declares them before loading (libbpf reuses a pin
+/// only if the sizes agree). A table pinned with another size keeps it
+/// until `sluice datapath uninstall`: the object is given the pinned size,
+/// and the difference is reported in [`InstallReport::warnings`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSizes {
+    pub ct_max: u32,
+    pub nat_max: u32,
+}
+
+/// `SL_CT_MAX` and `SL_SNAT_MAX` of the C headers.
+pub const DEFAULT_CT_MAX: u32 = 1 << 16;
+pub const DEFAULT_NAT_MAX: u32 = 1 << 16;
+/// Largest accepted table size (16M entries).
+pub const MAX_TABLE_ENTRIES: u32 = 16 << 20;
+
+impl Default for TableSizes {
+    fn default() -> Self {
+        TableSizes { ct_max: DEFAULT_CT_MAX, nat_max: DEFAULT_NAT_MAX }
+    }
+}
+
+impl TableSizes {
+    /// Each size must be above 0 and at most [`MAX_TABLE_ENTRIES`] (a power of two is not required).
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, n) in [("--ct-max", self.ct_max), ("--nat-max", self.nat_max)] {
+            if n == 0 || n > MAX_TABLE_ENTRIES {
+                return Err(format!("{flag} {n}: give a number of entries from 1 to {MAX_TABLE_ENTRIES} (16M)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Give the conntrack and NAT maps of an opened object their sizes (before
+/// load). With `pin_dir`, a map already pinned with another size keeps that
+/// size (so that libbpf can reuse it) and a warning says so.
+pub(crate) fn size_tables(obj: &mut OpenObject, pin_dir: Option<&Path>, t: &TableSizes) -> Result<Vec<String>, DatapathError> {
+    let mut warnings = Vec::new();
+    for mut map in obj.maps_mut() {
+        let name = map.name().to_string_lossy().to_string();
+        let (want, flag) = match name.as_str() {
+            crate::pod::CT_MAP => (t.ct_max, "--ct-max"),
+            crate::pod::SNAT_MAP => (t.nat_max, "--nat-max"),
+            _ => continue,
+        };
+        let mut size = want;
+        if let Some(dir) = pin_dir {
+            let pin = map_pin(dir, &name);
+            if pin.exists() {
+                if let Ok(h) = libbpf_rs::MapHandle::from_pinned_path(&pin) {
+                    let pinned = h.max_entries();
+                    if pinned != want {
+                        warnings.push(format!(
+                            "{name} is pinned with {pinned} entries, not the {want} of {flag}: it keeps {pinned} until `sluice datapath uninstall` (then restart the agent)"
+                        ));
+                        size = pinned;
+                    }
+                }
+            }
+        }
+        map.set_max_entries(size).map_err(DatapathError::bpf(format!("sizing {name} to {size} entries")))?;
+    }
+    Ok(warnings)
+}
+
+/// The sizes of the conntrack and NAT tables pinned under `pin_dir` (None: not pinned).
+pub fn pinned_table_sizes(pin_dir: &Path) -> (Option<u32>, Option<u32>) {
+    let size = |name: &str| libbpf_rs::MapHandle::from_pinned_path(map_pin(pin_dir, name)).ok().map(|h| h.max_entries());
+    (size(crate::pod::CT_MAP), size(crate::pod::SNAT_MAP))
 }
 
 /// The Maglev table size when none is configured.
@@ -108,6 +183,9 @@ pub struct InstallReport {
     /// Maps that existed before and were reused.
     pub adopted_maps: Vec<String>,
     pub links: Vec<LinkStatus>,
+    /// Things the operator should know (a table pinned with another size).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
@@ -145,6 +223,7 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
     rodata.sl_host_netns_cookie = host_cookie;
     rodata.sl_maglev_m = cfg.maglev_size;
     let _template = size_maglev_template(open.open_object_mut(), cfg.maglev_size)?;
+    let mut warnings = size_tables(open.open_object_mut(), Some(&cfg.pin_dir), &cfg.tables)?;
 
     let mut adopted_maps = Vec::new();
     for mut m in open.open_object_mut().maps_mut() {
@@ -194,7 +273,12 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
     }
     drop(skel);
 
-    let (dev_adopted, dev_links) = crate::pod::install_devices_sized(&cfg.pin_dir, host_cookie, cfg.maglev_size)?;
+    let (dev_adopted, dev_links, dev_warnings) = crate::pod::install_devices_with(&cfg.pin_dir, host_cookie, cfg.maglev_size, &cfg.tables)?;
+    for w in dev_warnings {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
     for m in dev_adopted {
         if !adopted_maps.contains(&m) {
             adopted_maps.push(m);
@@ -208,6 +292,7 @@ pub fn install(cfg: &DatapathConfig) -> Result<InstallReport, DatapathError> {
         mounted_bpffs,
         adopted_maps,
         links,
+        warnings,
     })
 }
 

@@ -729,6 +729,11 @@ impl PodDatapath {
         Ok(node_cfg_from_c(&v))
     }
 
+    /// The conntrack and NAT maps, for the sweep ([`crate::ctgc`]).
+    pub fn gc_maps(&self) -> (&MapHandle, &MapHandle) {
+        (&self.ct, &self.snat)
+    }
+
     /// Every conntrack entry, expired ones included.
     pub fn ct_entries(&self) -> Result<Vec<CtEntry>, DatapathError> {
         let mut out = Vec::new();
@@ -793,6 +798,21 @@ pub fn install_devices_sized(
     host_netns_cookie: u64,
     maglev_size: u32,
 ) -> Result<(Vec<String>, Vec<LinkStatus>), DatapathError> {
+    let (adopted, links, _) = install_devices_with(pin_dir, host_netns_cookie, maglev_size, &crate::loader::TableSizes::default())?;
+    Ok((adopted, links))
+}
+
+/// Adopted maps, device links, warnings.
+pub type DevicesInstalled = (Vec<String>, Vec<LinkStatus>, Vec<String>);
+
+/// [`install_devices_sized`] with conntrack and NAT tables of `tables`
+/// sizes; also returns warnings (a table pinned with another size).
+pub fn install_devices_with(
+    pin_dir: &Path,
+    host_netns_cookie: u64,
+    maglev_size: u32,
+    tables: &crate::loader::TableSizes,
+) -> Result<DevicesInstalled, DatapathError> {
     crate::fsutil::ensure_bpffs(pin_dir)?;
     let mut adopted = Vec::new();
 
@@ -803,6 +823,7 @@ pub fn install_devices_sized(
         ro.sl_maglev_m = maglev_size;
     }
     let _lxc_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    let mut warnings = crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)?;
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let lxc = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the pod datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
@@ -812,8 +833,18 @@ pub fn install_devices_sized(
 
     let mut host_storage = Box::new(MaybeUninit::<OpenObject>::uninit());
     let mut open = HostSkelBuilder::default().open(&mut host_storage).map_err(DatapathError::bpf("opening the host object"))?;
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.sl_host_netns_cookie = host_netns_cookie;
+        ro.sl_maglev_m = maglev_size;
+    }
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let _host_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    // The pod object has just created or reused the pins: same sizes here.
+    for w in crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)? {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
     let host = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the host datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
         source: e,
@@ -828,6 +859,11 @@ pub fn install_devices_sized(
     }
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let _xdp_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
+    for w in crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)? {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
     let xdp = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the XDP datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
         source: e,
@@ -837,7 +873,7 @@ pub fn install_devices_sized(
     let links = adopt_device_links(pin_dir)?;
     adopted.sort();
     adopted.dedup();
-    Ok((adopted, links))
+    Ok((adopted, links, warnings))
 }
 
 fn set_pin_paths(obj: &mut OpenObject, pin_dir: &Path, adopted: &mut Vec<String>) -> Result<(), DatapathError> {
@@ -922,6 +958,9 @@ impl LoadedDevices {
 
         let host_storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = HostSkelBuilder::default().open(host_storage).map_err(DatapathError::bpf("opening the host object"))?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.sl_maglev_m = maglev_size;
+        }
         for mut m in open.open_object_mut().maps_mut() {
             let name = m.name().to_string_lossy().to_string();
             if !crate::loader::MAPS.contains(&name.as_str()) {

@@ -15,6 +15,7 @@ pub mod dump;
 pub mod maglev;
 pub mod mem;
 pub mod resolve;
+pub mod simulate;
 pub mod state;
 pub mod types;
 

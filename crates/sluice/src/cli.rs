@@ -53,6 +53,9 @@ enum Cmd {
     /// Inspect the BPF maps directly (works while the agent is down).
     #[command(subcommand)]
     Bpf(BpfCmd),
+    /// Load balancing as the datapath does it.
+    #[command(subcommand)]
+    Lb(LbCmd),
     /// Agent and datapath health: programs attached, object counts, counters.
     Status(OutArgs),
     /// Manage the loaded datapath.
@@ -170,6 +173,16 @@ struct AgentArgs {
     /// number of backends of a Maglev service (4 bytes a slot, per frontend).
     #[arg(long, value_name = "M", default_value = "16381", value_parser = parse_maglev_size)]
     maglev_table_size: sluice_lb::maglev::TableSize,
+    /// Seconds between sweeps of expired conntrack and NAT entries (0 disables them).
+    #[arg(long, default_value_t = 10)]
+    ct_gc_interval: u64,
+    /// Entries of the conntrack table sl_ct_v1 (1 to 16777216). A table
+    /// already pinned with another size keeps it until `sluice datapath uninstall`.
+    #[arg(long, default_value_t = sluice_datapath::loader::DEFAULT_CT_MAX)]
+    ct_max: u32,
+    /// Entries of the NAT table sl_snat_v1 (1 to 16777216); as --ct-max.
+    #[arg(long, default_value_t = sluice_datapath::loader::DEFAULT_NAT_MAX)]
+    nat_max: u32,
     /// Tests only: abort during a CNI ADD (`cni-add-after-alloc`, `cni-add-after-link`).
     #[arg(long, hide = true)]
     fail_point: Option<String>,
@@ -239,6 +252,45 @@ struct GetArgs {
 enum ServiceCmd {
     /// Each frontend with its backends, as read back from the maps.
     List(OutArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum LbCmd {
+    /// What the per-packet datapath would do with one packet, from the live
+    /// maps (reads only; works while the agent is down): the frontend it
+    /// matches, how the backend is chosen, the backend, and where the packet
+    /// goes (local pod, local host, remote with SNAT or DSR, or the drop and why).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// Client address, optionally with a port: 198.51.100.7, 198.51.100.7:40000, [2001:db8::7]:40000.
+    /// Without a port one is picked (and said so): Maglev depends on it.
+    #[arg(long)]
+    src: String,
+    /// Destination as the packet arrives: a VIP or a node address, with the port (10.96.0.10:80, 192.0.2.10:30080).
+    #[arg(long)]
+    dst: String,
+    /// tcp or udp.
+    #[arg(long)]
+    proto: String,
+    /// Where the packet enters: `outside` (the node's external devices:
+    /// NodePort, ExternalIP, LoadBalancer; externalTrafficPolicy: Local
+    /// honoured) or `pod` (a pod's device: every frontend, every backend).
+    #[arg(long, value_enum, default_value_t = SimFrom::Outside)]
+    from: SimFrom,
+    /// Pin directory of the datapath.
+    #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+    bpffs: PathBuf,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SimFrom {
+    Outside,
+    Pod,
 }
 
 #[derive(Subcommand, Debug)]
@@ -368,6 +420,7 @@ pub fn main() -> anyhow::Result<i32> {
         Cmd::Bpf(BpfCmd::Ep(BpfListCmd::List(b))) => bpf_ep_list(&b),
         Cmd::Bpf(BpfCmd::Ct(BpfFilteredCmd::List(f))) => bpf_ct_list(&f),
         Cmd::Bpf(BpfCmd::Nat(BpfFilteredCmd::List(f))) => bpf_nat_list(&f),
+        Cmd::Lb(LbCmd::Simulate(a)) => lb_simulate(&a),
         Cmd::Status(o) => status(&sock, o.output),
         Cmd::Socket(SocketCmd::Kill(k)) => socket_kill(k),
         Cmd::Socket(SocketCmd::Events(o)) => socket_events(&sock, o.output),
@@ -412,6 +465,11 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         None => sluice_agent::nodeaddr::host_node_name().context("reading the host name (give --node-name)")?,
     };
     sluice_agent::nodeaddr::check_node_name(&node_name).map_err(|e| anyhow::anyhow!("--node-name: {e}"))?;
+    let tables = sluice_datapath::TableSizes { ct_max: a.ct_max, nat_max: a.nat_max };
+    tables.validate().map_err(|e| anyhow::anyhow!(e))?;
+    if a.ct_gc_interval > 86400 {
+        bail!("--ct-gc-interval {}: give seconds from 1 to 86400, or 0 to disable the sweep", a.ct_gc_interval);
+    }
     let cfg = sluice_agent::AgentConfig {
         service_cidr,
         state_dir: a.state_dir,
@@ -431,6 +489,8 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
             default_mode: a.lb_mode,
             node_name,
         },
+        ct_gc_interval: Duration::from_secs(a.ct_gc_interval),
+        tables,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(sluice_agent::run(cfg))?;
@@ -769,6 +829,25 @@ fn bpf_lb_list(b: &BpfArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn lb_simulate(a: &SimulateArgs) -> anyhow::Result<i32> {
+    use sluice_lb::simulate::{flow_from_args, simulate, Origin};
+    let (tuple, picked) = flow_from_args(&a.src, &a.dst, &a.proto).map_err(|e| anyhow::anyhow!(e))?;
+    if !a.bpffs.join("maps").is_dir() {
+        bail!("no datapath pinned under {} (is the agent installed? see --bpffs)", a.bpffs.display());
+    }
+    let maps = sluice_datapath::simulate::KernelSim::open(&a.bpffs).context("opening the pinned maps")?;
+    let from = match a.from {
+        SimFrom::Outside => Origin::Outside,
+        SimFrom::Pod => Origin::Pod,
+    };
+    let r = simulate(&maps, from, tuple, picked).map_err(|e| anyhow::anyhow!("reading the maps: {e}"))?;
+    match a.out.output {
+        Format::Text => print!("{}", r.to_text()),
+        _ => json(&r),
+    }
+    Ok(0)
+}
+
 fn bpf_metrics(b: &BpfArgs) -> anyhow::Result<i32> {
     let maps = sluice_datapath::KernelMaps::open(&b.bpffs)?;
     let m = maps.metrics()?;
@@ -794,6 +873,25 @@ fn status(sock: &Path, out: Format) -> anyhow::Result<i32> {
     println!("objects:    {} services, {} endpoint slices", s.services, s.endpoint_slices);
     println!("maps:       {} frontends, {} backends, {} socket reverse-NAT entries", s.frontends, s.backends, s.sock_revnat_entries);
     println!("node addrs: {}", if s.node_addresses.is_empty() { "-".into() } else { s.node_addresses.join(", ") });
+    for t in &s.table_sizes {
+        let pinned = match t.pinned {
+            Some(p) if p != t.configured => format!("{p} entries pinned, NOT the configured {} (kept until `sluice datapath uninstall`)", t.configured),
+            Some(p) => format!("{p} entries"),
+            None => "not pinned".into(),
+        };
+        println!("{:<11} {pinned}", format!("{}:", t.map));
+    }
+    match &s.ct_gc {
+        Some(g) if g.error.is_some() => println!("ct gc:      last sweep {}s ago FAILED: {}", g.ago_s, g.error.as_deref().unwrap_or_default()),
+        Some(g) => println!(
+            "ct gc:      last sweep {}s ago (every {}s, {} us): conntrack {} scanned, {} expired, {} orphans deleted; NAT {} scanned, {} expired, {} orphans deleted",
+            g.ago_s, g.interval_s, g.duration_us, g.ct_scanned, g.ct_expired, g.ct_orphans, g.nat_scanned, g.nat_expired, g.nat_orphans
+        ),
+        None => println!("ct gc:      no sweep yet (or --ct-gc-interval 0)"),
+    }
+    for w in &s.warnings {
+        println!("WARNING:    {w}");
+    }
     println!("programs:");
     for l in &s.links {
         println!("  {:<18} {}", l.program, l.state);
