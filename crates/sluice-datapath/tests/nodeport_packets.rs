@@ -466,3 +466,61 @@ fn xdp_drops_what_tc_would_drop() {
     });
     assert_eq!(metric(&d, "drop_no_backend"), 1);
 }
+
+// ------------------------------------------------ externalTrafficPolicy
+
+const SVC_F_ETP_LOCAL: u16 = 1 << 5;
+
+#[test]
+fn external_traffic_policy_local_uses_only_this_nodes_backends_and_keeps_the_client() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        for (i, (v6, proto)) in combos().into_iter().enumerate() {
+            let l = label(v6, proto);
+            let id = 90 + 2 * i as u32;
+            let fk = FrontendKey::node_port(v6, 30080, proto_of(proto));
+            let local = sock(local_pod(v6), 8080);
+            let remote = sock(remote_pod(v6), 8080);
+            // Every backend for traffic from inside; the twin has the local one.
+            frontend(&d, id, fk, SVC_F_NODEPORT | SVC_F_ETP_LOCAL, &[(id, remote), (id + 100, local)]);
+            frontend(&d, id + 1, fk.local_twin(), SVC_F_NODEPORT | SVC_F_ETP_LOCAL, &[(id + 100, local)]);
+            let front = sock(node(v6), 30080);
+            // Many flows: every one reaches the local pod, none is SNATed.
+            for port in 0..16u16 {
+                let c = sock(client(v6), 45000 + port);
+                let input = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+                let expected = input.clone().with_dst(local).macs(POD_MAC, HOST_MAC);
+                run(&d, &Fixture::new(format!("etp-local-{l}-{port}"), HostIngress, input.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+            }
+            // No local backend on this node: dropped, as Kubernetes defines.
+            frontend(&d, id + 1, fk.local_twin(), SVC_F_NODEPORT | SVC_F_ETP_LOCAL, &[]);
+            let c = sock(client(v6), 46000);
+            let input = Pkt::new(&c.to_string(), &front.to_string(), proto);
+            run(&d, &Fixture::new(format!("etp-local-none-{l}"), HostIngress, input.build(), TC_ACT_SHOT, Expect::Any));
+        }
+    });
+    assert_eq!(metric(&d, "nodeport_local"), 64);
+    assert_eq!(metric(&d, "nodeport_snat"), 0);
+    assert_eq!(metric(&d, "drop_no_local_backend"), 4);
+}
+
+#[test]
+fn external_traffic_policy_cluster_spreads_over_both_nodes() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        let fk = FrontendKey::node_port(false, 30080, Protocol::TCP);
+        let local = sock(local_pod(false), 8080);
+        let remote = sock(remote_pod(false), 8080);
+        frontend(&d, 120, fk, SVC_F_NODEPORT, &[(120, remote), (121, local)]);
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 0..64u16 {
+            let input = Pkt::tcp(&sock(client(false), 47000 + port).to_string(), &sock(NODE4, 30080).to_string()).macs(EXT_MAC, ROUTER_MAC);
+            let r = d.run(HostIngress, &input.build()).unwrap();
+            assert_eq!(r.verdict, TC_ACT_REDIRECT);
+            seen.insert(parse_and_verify(&r.packet).unwrap().dst);
+        }
+        assert_eq!(seen, [local, remote].into_iter().collect(), "both nodes' backends are used");
+    });
+}
