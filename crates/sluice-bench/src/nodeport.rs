@@ -109,6 +109,11 @@ pub struct NodePortArgs {
     /// Extra `sluice agent` flags for both Sluice contenders, e.g. "--lb-mode snat --ct-max 262144".
     #[arg(long, allow_hyphen_values = true, default_value = "")]
     agent_args: String,
+    /// Start the agent without the NodePort datapath's flags (`--node-name`,
+    /// `--xdp`): today's agent, to check the plumbing (start, apply of the
+    /// NodePort YAML, teardown) before that datapath lands.
+    #[arg(long, hide = true)]
+    without_nodeport_flags: bool,
     /// Write the results as JSON here.
     #[arg(long, default_value = "bench/nodeport.json")]
     out: PathBuf,
@@ -415,18 +420,12 @@ impl Bed {
                 let tag = format!("{}-{n}", c.name());
                 let pins = PathBuf::from(format!("/sys/fs/bpf/sl-bench-np-{}-{tag}", std::process::id()));
                 let (c4, c6) = (NodeId::Node1.pod_cidr4(), NodeId::Node1.pod_cidr6());
-                let mut extra = vec![
-                    "--external-dev",
-                    EXTERNAL_DEV,
-                    "--node-name",
-                    "node1",
-                    "--pod-cidr",
-                    c4.as_str(),
-                    "--pod-cidr",
-                    c6.as_str(),
-                ];
-                if c == Contender::SluiceXdp {
-                    extra.extend(["--xdp", "native"]);
+                let mut extra = vec!["--external-dev", EXTERNAL_DEV, "--pod-cidr", c4.as_str(), "--pod-cidr", c6.as_str()];
+                if !args.without_nodeport_flags {
+                    extra.extend(["--node-name", NodeId::Node1.name()]);
+                    if c == Contender::SluiceXdp {
+                        extra.extend(["--xdp", "native"]);
+                    }
                 }
                 extra.extend(args.agent_args.split_whitespace());
                 let agent = Agent::start_pinned(self.node1(), &self.cg, &self.dir, &tag, pins, &extra)?;
