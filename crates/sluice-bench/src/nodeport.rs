@@ -10,8 +10,14 @@
 //!   arrives (recvmmsg), over the same time window;
 //! * new-connection latency (connect, one request/answer, close) to the
 //!   node port, interleaved connection by connection, from one client
-//!   process, with the same connection to a server in node1 itself (no
-//!   translation, no forwarding: a reference that drifts with the machine).
+//!   process, with the same connection to a server on node2 reached
+//!   straight over the fabric (through no contender: a reference that
+//!   drifts with the machine, not with the contender).
+//!
+//! Each flood to the node port is paired, in alternating order, with the
+//! same flood to the pod's own address, routed by node1 under the same
+//! contender: received(node port) / received(routed), per round, is the
+//! cost of translation on a machine whose speed drifts.
 //!
 //! Contenders: `routing` (nothing loaded; the flood and the connections go
 //! to the pod's own address: what forwarding alone costs), `iptables` and
@@ -46,8 +52,8 @@ use crate::{bin, client_in, fake_endpoint, machine, median, settle, timed_stdin_
 /// The measured node port, and the backend's port.
 const NODE_PORT: u16 = 30080;
 const BACKEND_PORT: u16 = 8080;
-/// A server in node1 itself: the latency reference.
-const LOCAL_PORT: u16 = 7000;
+/// A server on node2, reached over the fabric: the latency reference.
+const REF_PORT: u16 = 7000;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -120,12 +126,26 @@ pub struct NodePortArgs {
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
+struct PpsRound {
+    sent: f64,
+    received: f64,
+    /// The same flood to the pod's own address, routed by node1 under the
+    /// same contender (not for the routing contender: that is its target).
+    routed_sent: Option<f64>,
+    routed_received: Option<f64>,
+}
+
+/// Medians over rounds.
+#[derive(Debug, Clone, Serialize, Default)]
 struct Pps {
     sent: f64,
     received: f64,
-    /// Median over rounds of received / sent.
+    /// received / sent.
     ratio: f64,
-    rounds: Vec<(f64, f64)>,
+    routed_received: Option<f64>,
+    /// received / routed received, per round.
+    vs_routed: Option<f64>,
+    rounds: Vec<PpsRound>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -144,12 +164,12 @@ struct Row {
     setup_ms: Option<f64>,
     pps: Option<Pps>,
     latency: Option<Latency>,
-    /// The same client's connections to a server in node1 itself
-    /// (198.18.200.11:7000, no translation, no forwarding), interleaved
+    /// The same client's connections to a server on node2 straight over
+    /// the fabric (198.18.200.12:7000: through no contender), interleaved
     /// connection by connection: a reference that drifts with the machine.
-    local_latency: Option<Latency>,
-    /// Median over rounds of (target p50 / node-local p50).
-    vs_local_p50: Option<f64>,
+    ref_latency: Option<Latency>,
+    /// Median over rounds of (target p50 / reference p50).
+    vs_ref_p50: Option<f64>,
 }
 
 fn now_ns() -> u64 {
@@ -492,40 +512,62 @@ fn summarize(mut v: Vec<u64>) -> Latency {
     Latency { p50_us: percentile(&mut v, 50.0) as f64 / 1000.0, p99_us: percentile(&mut v, 99.0) as f64 / 1000.0 }
 }
 
-/// Measure one contender that is set up: rounds of one flood and a share
-/// of the latency samples.
+/// Measure one contender that is set up: rounds of floods and a share of
+/// the latency samples.
 fn measure(bed: &Bed, c: Contender, args: &NodePortArgs, row: &mut Row) -> anyhow::Result<()> {
-    // The routing contender goes to the pod's own address. (Only there: the
-    // reply to a routed connection comes back over the fabric, not through
-    // node1, and kube-proxy's conntrack rules in node1 drop the half of a
-    // connection they see as INVALID.)
-    let target = if c == Contender::Routing {
-        format!("{}:{BACKEND_PORT}", bed.backend)
-    } else {
-        format!("{}:{NODE_PORT}", NodeId::Node1.ip4())
-    };
-    let local = format!("{}:{LOCAL_PORT}", NodeId::Node1.ip4());
+    // The pod's own address, routed by node1 (under whatever the contender
+    // loaded): the routing contender's target, and every other's reference
+    // flood. Not a TCP reference: the reply to a routed connection comes
+    // back over the fabric, not through node1, and kube-proxy's rules in
+    // node1 drop the half of a connection they see as INVALID.
+    let routed = format!("{}:{BACKEND_PORT}", bed.backend);
+    let target = if c == Contender::Routing { routed.clone() } else { format!("{}:{NODE_PORT}", NodeId::Node1.ip4()) };
+    let reference = format!("{}:{REF_PORT}", NodeId::Node2.ip4());
     let tcp_ok = answers(&bed.topo, &target)?;
     let backend = &bed.topo.pod(NodeId::Node2, 0).expect("backend pod").netns;
     let per = (args.samples / args.rounds.max(1)).max(1);
-    let (mut rounds, mut lat, mut lat_local, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut rounds, mut lat, mut lat_ref, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..args.rounds.max(1) {
-        let (s, rcv) = pps_round(&bed.topo, backend, &target, args)?;
-        eprintln!("   {:<10} round {r}: sent {s:>10.0} pps, received {rcv:>10.0} pps", c.name());
-        rounds.push((s, rcv));
+        // The node port and the routed reference, in alternating order.
+        let mut round = PpsRound::default();
+        let with_ref = c != Contender::Routing;
+        for k in 0..2 {
+            if (k == 0) == (r % 2 == 0) {
+                (round.sent, round.received) = pps_round(&bed.topo, backend, &target, args)?;
+            } else if with_ref {
+                let (s, rcv) = pps_round(&bed.topo, backend, &routed, args)?;
+                (round.routed_sent, round.routed_received) = (Some(s), Some(rcv));
+            }
+        }
+        eprintln!(
+            "   {:<10} round {r}: sent {:>9.0} pps, received {:>9.0} pps{}",
+            c.name(),
+            round.sent,
+            round.received,
+            round.routed_received.map(|x| format!(" (routed to the pod: {x:.0})")).unwrap_or_default()
+        );
+        rounds.push(round);
         if tcp_ok {
-            let got = client_in(bed.topo.client(), None, &[target.as_str(), local.as_str()], per, (per / 5).max(5))?;
+            let got = client_in(bed.topo.client(), None, &[target.as_str(), reference.as_str()], per, (per / 5).max(5))?;
             let mut a = got[0].clone();
             let mut b = got[1].clone();
             ratios.push(percentile(&mut a, 50.0) as f64 / percentile(&mut b, 50.0) as f64);
             lat.extend(&got[0]);
-            lat_local.extend(&got[1]);
+            lat_ref.extend(&got[1]);
         }
     }
-    let mut sent: Vec<f64> = rounds.iter().map(|r| r.0).collect();
-    let mut recv: Vec<f64> = rounds.iter().map(|r| r.1).collect();
-    let mut ratio: Vec<f64> = rounds.iter().map(|r| if r.0 > 0.0 { r.1 / r.0 } else { 0.0 }).collect();
-    let pps = Pps { sent: median(&mut sent), received: median(&mut recv), ratio: median(&mut ratio), rounds };
+    let med = |f: &dyn Fn(&PpsRound) -> Option<f64>| {
+        let mut v: Vec<f64> = rounds.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(&mut v))
+    };
+    let pps = Pps {
+        sent: med(&|r| Some(r.sent)).unwrap_or(0.0),
+        received: med(&|r| Some(r.received)).unwrap_or(0.0),
+        ratio: med(&|r| Some(if r.sent > 0.0 { r.received / r.sent } else { 0.0 })).unwrap_or(0.0),
+        routed_received: med(&|r| r.routed_received),
+        vs_routed: med(&|r| r.routed_received.filter(|x| *x > 0.0).map(|x| r.received / x)),
+        rounds,
+    };
     let forwarded = pps.received > 0.0;
     row.status = match (tcp_ok, forwarded) {
         (true, true) => "ok".into(),
@@ -536,8 +578,8 @@ fn measure(bed: &Bed, c: Contender, args: &NodePortArgs, row: &mut Row) -> anyho
     row.pps = Some(pps);
     if tcp_ok {
         row.latency = Some(summarize(lat));
-        row.local_latency = Some(summarize(lat_local));
-        row.vs_local_p50 = Some(median(&mut ratios));
+        row.ref_latency = Some(summarize(lat_ref));
+        row.vs_ref_p50 = Some(median(&mut ratios));
     }
     Ok(())
 }
@@ -567,13 +609,14 @@ pub fn run(args: NodePortArgs) -> anyhow::Result<()> {
         Path::new("taskset"),
         &["-c", &scpu, probe.to_str().unwrap(), "serve", "--name", &pod.name, "--tcp", &listen],
     )?;
-    let local = format!("0.0.0.0:{LOCAL_PORT}");
-    let local_server: Spawned = spawn_ready(
-        Some(bed.node1()),
+    let ref_listen = format!("{}:{REF_PORT}", NodeId::Node2.ip4());
+    let ref_server: Spawned = spawn_ready(
+        Some(bed.topo.node(NodeId::Node2)),
         None,
         Path::new("taskset"),
-        &["-c", &scpu, probe.to_str().unwrap(), "serve", "--name", "node1", "--tcp", &local],
+        &["-c", &scpu, probe.to_str().unwrap(), "serve", "--name", "node2", "--tcp", &ref_listen],
     )?;
+    let load_before = loadavg();
     let ipt_version = std::process::Command::new("iptables-restore")
         .arg("--version")
         .output()
@@ -598,8 +641,8 @@ pub fn run(args: NodePortArgs) -> anyhow::Result<()> {
                 setup_ms: None,
                 pps: None,
                 latency: None,
-                local_latency: None,
-                vs_local_p50: None,
+                ref_latency: None,
+                vs_ref_p50: None,
             };
             match bed.setup(c, &svcs, n, &args) {
                 Err(e) => {
@@ -628,8 +671,9 @@ pub fn run(args: NodePortArgs) -> anyhow::Result<()> {
         }
     }
     drop(server);
-    drop(local_server);
-    report(&rows, &args);
+    drop(ref_server);
+    let load_after = loadavg();
+    report(&rows, &args, &load_before, &load_after);
     if let Some(d) = args.out.parent() {
         std::fs::create_dir_all(d)?;
     }
@@ -637,6 +681,8 @@ pub fn run(args: NodePortArgs) -> anyhow::Result<()> {
         &args.out,
         serde_json::to_string_pretty(&serde_json::json!({
             "machine": machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
             "iptables": ipt_version,
             "flows": args.flows,
             "payload_bytes": args.payload,
@@ -660,11 +706,17 @@ fn one_line(e: &anyhow::Error) -> String {
         .take_while(|l| !l.starts_with("Stack backtrace"))
         .map(str::trim)
         .filter(|l| !l.is_empty() && *l != "Caused by:")
-        .take(4)
+        .take(3)
         .collect::<Vec<_>>()
         .join(" / ")
         .replace('|', "\\|");
     short.chars().take(300).collect()
+}
+
+/// /proc/loadavg's first three fields (the machine may be shared).
+fn loadavg() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn f(v: Option<f64>, prec: usize) -> String {
@@ -679,13 +731,14 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn report(rows: &[Row], args: &NodePortArgs) {
+fn report(rows: &[Row], args: &NodePortArgs, load_before: &str, load_after: &str) {
     println!(
         "\n### NodePort to a backend on another node, through node1 (UDP flood: {} flows, {} B payload, {} s x {} rounds; latency: connect + request/response + close)\n",
         args.flows, args.payload, args.secs, args.rounds
     );
-    println!("| services | contender | status | setup ms | sent pps | received pps | received / sent | p50 us | p99 us | node-local p50 us (same client) | p50 / node-local p50 (per round) | p50 / routing p50 |");
-    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("Load average before / after: {load_before} / {load_after}\n");
+    println!("| services | contender | status | setup ms | sent pps | received pps | received / sent | routed received pps (same rules) | received / routed (per round) | p50 us | p99 us | reference p50 us (same client) | p50 / reference p50 (per round) | p50 / routing p50 |");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let routing_p50 = |n: usize| {
         rows.iter()
             .find(|r| r.n == n && r.contender == Contender::Routing)
@@ -694,7 +747,7 @@ fn report(rows: &[Row], args: &NodePortArgs) {
     };
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.n,
             r.contender.name(),
             r.status,
@@ -702,29 +755,36 @@ fn report(rows: &[Row], args: &NodePortArgs) {
             f(r.pps.as_ref().map(|p| p.sent), 0),
             f(r.pps.as_ref().map(|p| p.received), 0),
             f(r.pps.as_ref().map(|p| p.ratio), 3),
+            f(r.pps.as_ref().and_then(|p| p.routed_received), 0),
+            f(r.pps.as_ref().and_then(|p| p.vs_routed), 3),
             f(r.latency.as_ref().map(|l| l.p50_us), 1),
             f(r.latency.as_ref().map(|l| l.p99_us), 1),
-            f(r.local_latency.as_ref().map(|l| l.p50_us), 1),
-            f(r.vs_local_p50, 3),
+            f(r.ref_latency.as_ref().map(|l| l.p50_us), 1),
+            f(r.vs_ref_p50, 3),
             ratio(r.latency.as_ref().map(|l| l.p50_us), routing_p50(r.n)),
         );
     }
     let get = |n: usize, c: Contender| rows.iter().find(|r| r.n == n && r.contender == c && r.status == "ok");
     let pps = |n, c| get(n, c).and_then(|r| r.pps.as_ref()).map(|p| p.received);
     let p50 = |n, c| get(n, c).and_then(|r| r.latency.as_ref()).map(|l| l.p50_us);
+    // Each contender's node-port pps over its own routed pps, per round.
+    let norm = |n, c| get(n, c).and_then(|r| r.pps.as_ref()).and_then(|p| p.vs_routed);
     use Contender::*;
     println!("\n### Ratios (received pps: higher is better for the first; p50 latency: the slower over the faster)\n");
-    println!("| services | xdp / iptables pps | tc / iptables pps | tc / nftables pps | xdp / nftables pps | iptables / tc p50 | nftables / tc p50 | iptables / xdp p50 | nftables / xdp p50 | iptables / routing pps | nftables / routing pps |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| services | xdp / iptables pps | tc / iptables pps | tc / nftables pps | xdp / nftables pps | xdp / iptables pps, each / its routed | tc / iptables pps, each / its routed | tc / nftables pps, each / its routed | iptables / tc p50 | nftables / tc p50 | iptables / xdp p50 | nftables / xdp p50 | iptables / routing pps | nftables / routing pps |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut sizes: Vec<usize> = rows.iter().map(|r| r.n).collect();
     sizes.dedup();
     for n in sizes {
         println!(
-            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             ratio(pps(n, SluiceXdp), pps(n, Iptables)),
             ratio(pps(n, SluiceTc), pps(n, Iptables)),
             ratio(pps(n, SluiceTc), pps(n, Nftables)),
             ratio(pps(n, SluiceXdp), pps(n, Nftables)),
+            ratio(norm(n, SluiceXdp), norm(n, Iptables)),
+            ratio(norm(n, SluiceTc), norm(n, Iptables)),
+            ratio(norm(n, SluiceTc), norm(n, Nftables)),
             ratio(p50(n, Iptables), p50(n, SluiceTc)),
             ratio(p50(n, Nftables), p50(n, SluiceTc)),
             ratio(p50(n, Iptables), p50(n, SluiceXdp)),
