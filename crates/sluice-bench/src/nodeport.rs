@@ -585,7 +585,7 @@ fn measure(bed: &Bed, c: Contender, args: &NodePortArgs, row: &mut Row) -> anyho
 }
 
 pub fn run(args: NodePortArgs) -> anyhow::Result<()> {
-    if args.sizes.iter().any(|&n| n == 0) {
+    if args.sizes.contains(&0) {
         bail!("--sizes: at least 1 service");
     }
     let mut topo = TwoNode::new("sl-bench-np")?;

@@ -859,7 +859,7 @@ mod tests {
         assert!(mark < jump);
         assert_eq!(t.matches("KUBE-EXT-").count(), 4, "{t}");
         // Without node ports, nothing changes.
-        let without = iptables_restore(&[plain.clone()]);
+        let without = iptables_restore(std::slice::from_ref(&plain));
         assert!(!without.contains("KUBE-EXT-") && !without.contains("-A KUBE-NODEPORTS"));
 
         let cfg = KpConfig {

@@ -130,7 +130,16 @@ impl NodeId {
     /// Plain pod `i`'s IPv6 address: base + (10 + i) (numerically, so pod 0
     /// is `::a`).
     pub fn pod_ip6(self, i: usize) -> Ipv6Addr {
-        Ipv6Addr::new(0xfd00, 0x5c, 100 + self.index() as u16, 0, 0, 0, 0, (10 + i) as u16)
+        Ipv6Addr::new(
+            0xfd00,
+            0x5c,
+            100 + self.index() as u16,
+            0,
+            0,
+            0,
+            0,
+            (10 + i) as u16,
+        )
     }
 }
 
@@ -181,7 +190,10 @@ impl TwoNode {
         ];
         for (port, peer) in [("fc0", &client), ("fn1", &node1), ("fn2", &node2)] {
             cmds.extend([
-                format!("link add {port} type veth peer name {EXTERNAL_DEV} netns {}", peer.name()),
+                format!(
+                    "link add {port} type veth peer name {EXTERNAL_DEV} netns {}",
+                    peer.name()
+                ),
                 format!("link set {port} master {BRIDGE}"),
                 format!("link set {port} up"),
             ]);
@@ -198,7 +210,18 @@ impl TwoNode {
             .context("client addresses and routes")?;
         // The routed link between the nodes.
         node1
-            .ip(&["link", "add", LINK_DEV, "type", "veth", "peer", "name", LINK_DEV, "netns", node2.name()])
+            .ip(&[
+                "link",
+                "add",
+                LINK_DEV,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                LINK_DEV,
+                "netns",
+                node2.name(),
+            ])
             .context("link0 between the nodes")?;
         for (id, ns) in [(NodeId::Node1, &node1), (NodeId::Node2, &node2)] {
             let other = id.other();
@@ -209,8 +232,16 @@ impl TwoNode {
                 format!("link set {LINK_DEV} up"),
                 format!("addr add {}/30 dev {LINK_DEV}", id.link_ip4()),
                 format!("addr add {}/126 dev {LINK_DEV} nodad", id.link_ip6()),
-                format!("route add {} via {} dev {LINK_DEV}", other.pod_cidr4(), other.link_ip4()),
-                format!("route add {} via {} dev {LINK_DEV}", other.pod_cidr6(), other.link_ip6()),
+                format!(
+                    "route add {} via {} dev {LINK_DEV}",
+                    other.pod_cidr4(),
+                    other.link_ip4()
+                ),
+                format!(
+                    "route add {} via {} dev {LINK_DEV}",
+                    other.pod_cidr6(),
+                    other.link_ip6()
+                ),
             ])
             .with_context(|| format!("{} addresses and routes", id.name()))?;
         }
@@ -240,7 +271,10 @@ impl TwoNode {
         // On failure the pod's namespace drops here, taking the veth along.
         self.node(node)
             .ip_batch(&[
-                format!("link add {veth} type veth peer name eth0 netns {}", netns.name()),
+                format!(
+                    "link add {veth} type veth peer name eth0 netns {}",
+                    netns.name()
+                ),
                 format!("addr add {POD_GATEWAY4}/32 dev {veth}"),
                 format!("addr add {POD_GATEWAY6}/64 dev {veth} nodad"),
                 format!("link set {veth} up"),
@@ -273,7 +307,10 @@ impl TwoNode {
 
     /// Plain pod `i` of `node`, if added.
     pub fn pod(&self, node: NodeId, i: usize) -> Option<&Pod> {
-        self.pods.iter().find(|(n, k, _)| *n == node && *k == i).map(|(_, _, p)| p)
+        self.pods
+            .iter()
+            .find(|(n, k, _)| *n == node && *k == i)
+            .map(|(_, _, p)| p)
     }
 
     /// Every plain pod with its node.
@@ -365,8 +402,13 @@ pub fn kube_proxy_config(node: NodeId) -> crate::kubeproxy::KpConfig {
 pub fn ethtool(ns: &Netns, dev: &str, settings: &[&str]) -> anyhow::Result<()> {
     let mut a = vec!["-K", dev];
     a.extend_from_slice(settings);
-    ns.run("ethtool", &a)
-        .with_context(|| format!("ethtool -K {dev} {} in {} (is ethtool installed? scripts/setup.sh)", settings.join(" "), ns.name()))?;
+    ns.run("ethtool", &a).with_context(|| {
+        format!(
+            "ethtool -K {dev} {} in {} (is ethtool installed? scripts/setup.sh)",
+            settings.join(" "),
+            ns.name()
+        )
+    })?;
     Ok(())
 }
 

@@ -20,21 +20,35 @@ fn two_node_topology() {
     assert_eq!(p2.ip4.to_string(), "198.18.102.10");
     let p1 = t.add_plain_pod(NodeId::Node1, 3).unwrap();
     assert_eq!(p1.ip4.to_string(), "198.18.101.13");
-    assert!(t.add_plain_pod(NodeId::Node1, 3).is_err(), "the same pod twice");
-    let names: Vec<String> = t.namespaces().iter().map(|n| n.name().to_string()).collect();
+    assert!(
+        t.add_plain_pod(NodeId::Node1, 3).is_err(),
+        "the same pod twice"
+    );
+    let names: Vec<String> = t
+        .namespaces()
+        .iter()
+        .map(|n| n.name().to_string())
+        .collect();
     assert_eq!(names.len(), 6);
     assert!(names.iter().all(|n| n.starts_with("sl-tb2-")), "{names:?}");
     t.tx_checksum_off().unwrap();
     t.gro_on().unwrap();
     let feat = t.client().run("ethtool", &["-k", "eth0"]).unwrap();
     assert!(feat.contains("tx-checksumming: off"), "{feat}");
-    let feat = t.node(NodeId::Node2).run("ethtool", &["-k", "link0"]).unwrap();
+    let feat = t
+        .node(NodeId::Node2)
+        .run("ethtool", &["-k", "link0"])
+        .unwrap();
     assert!(feat.contains("generic-receive-offload: on"), "{feat}");
 
     let pod2 = t.pod(NodeId::Node2, 0).unwrap();
     let pod1 = t.pod(NodeId::Node1, 3).unwrap();
     let servers = vec![
-        serve(t.node(NodeId::Node1), "node1", &["--tcp", "[::]:7000", "--udp", "[::]:7001"]),
+        serve(
+            t.node(NodeId::Node1),
+            "node1",
+            &["--tcp", "[::]:7000", "--udp", "[::]:7001"],
+        ),
         serve(&pod2.netns, "pod2", &["--tcp", "[::]:8080"]),
         serve(&pod1.netns, "pod1", &["--tcp", "[::]:8080"]),
     ];
@@ -47,7 +61,10 @@ fn two_node_topology() {
     let r = connect(t.client(), &["--to", "198.18.200.11:7001", "--udp"]);
     assert_eq!(backends(&r), vec!["node1"], "{r}");
     // The client sees node1 answer from its address; node1 sees the client's.
-    let local: Vec<String> = field(&connect(t.client(), &["--to", "198.18.200.11:7000"]), "local");
+    let local: Vec<String> = field(
+        &connect(t.client(), &["--to", "198.18.200.11:7000"]),
+        "local",
+    );
     assert!(local[0].starts_with(&format!("{CLIENT_IP4}:")), "{local:?}");
 
     // node1 -> pod on node2, across link0 (both families), and back.
@@ -55,7 +72,10 @@ fn two_node_topology() {
         let r = connect(t.node(NodeId::Node1), &["--to", to, "--count", "2"]);
         assert_eq!(backends(&r), vec!["pod2"; 2], "{to}: {r}");
     }
-    let route = t.node(NodeId::Node1).ip(&["route", "get", "198.18.102.10"]).unwrap();
+    let route = t
+        .node(NodeId::Node1)
+        .ip(&["route", "get", "198.18.102.10"])
+        .unwrap();
     assert!(route.contains("via 198.18.210.2 dev link0"), "{route}");
     // Pod to pod across the nodes; pod to the other node's fabric address.
     let r = connect(&pod1.netns, &["--to", "198.18.102.10:8080"]);
