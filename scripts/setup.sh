@@ -2,12 +2,13 @@
 # Install what building and testing Sluice needs on a fresh Debian machine
 # (clang-19 for the BPF C, bpftool for vmlinux.h, iproute2/iptables/nftables
 # for the test beds and benchmarks; containernetworking-plugins and iperf3
-# for the pod networking benchmark's reference plugins and throughput).
+# for the pod networking benchmark's reference plugins and throughput;
+# ethtool for the NodePort test bed's offload settings).
 # Idempotent; needs root for apt-get.
 set -euo pipefail
 
 need=(clang-19 llvm-19 libelf-dev zlib1g-dev pkg-config bpftool iproute2 iptables nftables util-linux
-      containernetworking-plugins iperf3)
+      containernetworking-plugins iperf3 ethtool)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

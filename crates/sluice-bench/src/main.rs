@@ -30,6 +30,7 @@ use sluice_testbed::stats::percentile;
 use sluice_testbed::topo::Topology;
 
 mod cni;
+mod nodeport;
 mod sockets;
 
 #[derive(Parser, Debug)]
@@ -41,6 +42,9 @@ enum Bench {
     Sockets(sockets::SocketArgs),
     /// Pod networking: Sluice's CNI plugin and pod datapath vs the reference bridge + host-local plugins.
     Cni(cni::CniArgs),
+    /// NodePort to a backend on another node: packets per second forwarded and new-connection latency
+    /// through node1, kube-proxy iptables/nftables vs Sluice tc/XDP.
+    Nodeport(nodeport::NodePortArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,6 +131,7 @@ fn services(n: usize, real: [(IpAddr, u16); 2]) -> Vec<KpService> {
                 port,
                 protocol: Proto::Tcp,
                 endpoints,
+                node_port: None,
             }
         })
         .collect()
@@ -193,12 +198,17 @@ fn client_main(args: &[String]) -> anyhow::Result<()> {
 /// Run the client in pod0 (in `cg` if given) against `targets`; the
 /// samples of each target.
 fn client(topo: &Topology, cg: Option<&TestCgroup>, targets: &[&str], count: usize, warmup: usize) -> anyhow::Result<Vec<Vec<u64>>> {
+    client_in(&topo.pods()[0].netns, cg, targets, count, warmup)
+}
+
+/// [`client`] in any namespace.
+fn client_in(ns: &Netns, cg: Option<&TestCgroup>, targets: &[&str], count: usize, warmup: usize) -> anyhow::Result<Vec<Vec<u64>>> {
     let me = std::env::current_exe()?;
     let (count, warm) = (count.to_string(), warmup.to_string());
     let mut a = vec!["-c", "1", me.to_str().unwrap(), "__client", count.as_str(), warm.as_str()];
     a.extend_from_slice(targets);
     // The client on CPU 1, the servers on CPU 0: less scheduling noise.
-    let o = run_in(Some(&topo.pods()[0].netns), cg, Path::new("taskset"), &a, Duration::from_secs(600))?;
+    let o = run_in(Some(ns), cg, Path::new("taskset"), &a, Duration::from_secs(600))?;
     if !o.status.success() {
         bail!("latency client {targets:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
@@ -255,7 +265,12 @@ fn median_u64(mut v: Vec<u64>) -> f64 {
 
 /// Run `program` inside the node namespace with `input` on stdin; time it.
 fn timed_stdin(topo: &Topology, program: &str, args: &[&str], input: &str) -> anyhow::Result<f64> {
-    let net = format!("--net={}", topo.node().path().display());
+    timed_stdin_in(topo.node(), program, args, input)
+}
+
+/// [`timed_stdin`] in any namespace.
+fn timed_stdin_in(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Result<f64> {
+    let net = format!("--net={}", ns.path().display());
     let mut a = vec![net.as_str(), program];
     a.extend_from_slice(args);
     let t0 = Instant::now();
@@ -283,9 +298,15 @@ impl Agent {
     /// Start an agent in `node` (a node's network namespace) with `extra`
     /// arguments after the usual ones.
     fn start_in(node: &Netns, cg: &TestCgroup, dir: &Path, tag: &str, extra: &[&str]) -> anyhow::Result<Agent> {
+        let pins = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}-{tag}", std::process::id()));
+        Agent::start_pinned(node, cg, dir, tag, pins, extra)
+    }
+
+    /// [`Agent::start_in`] with its pins in `pins` (a new directory on the
+    /// bpffs; removed with the datapath when the agent is dropped).
+    fn start_pinned(node: &Netns, cg: &TestCgroup, dir: &Path, tag: &str, pins: PathBuf, extra: &[&str]) -> anyhow::Result<Agent> {
         let state = dir.join(format!("state-{tag}"));
         let socket = dir.join(format!("agent-{tag}.sock"));
-        let pins = PathBuf::from(format!("/sys/fs/bpf/sluice-bench-{}-{tag}", std::process::id()));
         let log_path = dir.join(format!("agent-{tag}.log"));
         let log = std::fs::File::create(&log_path)?;
         let mut args = vec![
@@ -359,12 +380,15 @@ fn main() -> anyhow::Result<()> {
         Some("__client") => return client_main(&argv[2..]),
         Some("__hold") => return sockets::hold_main(&argv[2..]),
         Some("__rr") => return cni::rr_main(&argv[2..]),
+        Some("__flood") => return nodeport::flood_main(&argv[2..]),
+        Some("__sink") => return nodeport::sink_main(&argv[2..]),
         _ => {}
     }
     let args = match Bench::parse() {
         Bench::Services(a) => a,
         Bench::Sockets(a) => return sockets::run(a),
         Bench::Cni(a) => return cni::run(a),
+        Bench::Nodeport(a) => return nodeport::run(a),
     };
     let topo = Topology::new("sl-bench", 3)?;
     let cg = TestCgroup::new("sl-bench")?;

@@ -2,11 +2,19 @@
 //! `iptables-restore` input of kube-proxy's iptables mode and the `nft -f`
 //! input of its nftables mode, with the structure, chain names (the same
 //! sha256/base32 hashes) and comments kube-proxy itself writes (as of
-//! Kubernetes 1.31–1.33), for ClusterIP services.
+//! Kubernetes 1.31–1.33), for ClusterIP services and for NodePorts with
+//! `externalTrafficPolicy: Cluster` ([`KpService::node_port`]): iptables
+//! mode's `KUBE-NODEPORTS` → `KUBE-EXT-<hash>` (mark for masquerade, then
+//! the service chain), nftables mode's `service-nodeports` map →
+//! `external-<hash>-...` chains, and the `nodeport-ips` set
+//! ([`KpConfig::nodeport_ips`], as `--nodeport-addresses primary`, the
+//! nftables mode's default, fills it). Either way the marked packets are
+//! masqueraded in postrouting, so a backend on another node answers
+//! through this node.
 //!
-//! Not generated: NodePorts, external IPs, load-balancer IPs and their
-//! firewalls, session affinity and traffic policies (the chains and maps for
-//! them exist, empty, as kube-proxy creates them regardless).
+//! Not generated: external IPs, load-balancer IPs and their firewalls,
+//! session affinity and `externalTrafficPolicy: Local` (the chains and maps
+//! for them exist, empty, as kube-proxy creates them regardless).
 //!
 //! The outputs are self-contained for a fresh network namespace:
 //! [`iptables_restore`] declares the built-in chains too, so a plain
@@ -61,6 +69,8 @@ pub struct KpService {
     pub protocol: Proto,
     /// Ready endpoints: address and target port.
     pub endpoints: Vec<(IpAddr, u16)>,
+    /// The node port (type NodePort, `externalTrafficPolicy: Cluster`), if any.
+    pub node_port: Option<u16>,
 }
 
 impl KpService {
@@ -86,6 +96,11 @@ pub struct KpConfig {
     pub service_cidr6: String,
     /// `--masquerade-bit` as a mark value.
     pub masquerade_mark: u32,
+    /// nftables mode: the addresses that accept NodePort traffic (the
+    /// `nodeport-ips` set; `--nodeport-addresses primary` puts the node's
+    /// primary IPs there). iptables mode accepts node ports at every local
+    /// address (`-m addrtype --dst-type LOCAL`) and ignores this.
+    pub nodeport_ips: Vec<IpAddr>,
 }
 
 /// The test bed's service ranges.
@@ -103,6 +118,7 @@ impl Default for KpConfig {
             service_cidr4: SERVICE_CIDR4.to_string(),
             service_cidr6: SERVICE_CIDR6.to_string(),
             masquerade_mark: 0x4000,
+            nodeport_ips: Vec::new(),
         }
     }
 }
@@ -170,6 +186,18 @@ pub fn svc_chain(s: &KpService) -> String {
     )
 }
 
+/// iptables mode's `KUBE-EXT-<hash>` chain of a service port (the same hash
+/// as its `KUBE-SVC-` chain): where NodePort (and external) traffic goes.
+pub fn ext_chain(s: &KpService) -> String {
+    format!(
+        "KUBE-EXT-{}",
+        hash_b32(
+            &format!("{}{}", s.port_name_string(), s.protocol.lower()),
+            16
+        )
+    )
+}
+
 /// iptables mode's `KUBE-SEP-<hash>` chain of one endpoint of a service port.
 pub fn sep_chain(s: &KpService, ep: &(IpAddr, u16)) -> String {
     let key = format!(
@@ -202,6 +230,19 @@ pub fn nft_service_chain(s: &KpService) -> String {
         s.port_name
     );
     format!("service-{}", hash_and_truncate(&base))
+}
+
+/// nftables mode's `external-<hash>-ns/name/proto/port` chain (NodePort
+/// traffic; the same hash as the service chain).
+pub fn nft_external_chain(s: &KpService) -> String {
+    let base = format!(
+        "{}/{}/{}/{}",
+        s.namespace,
+        s.name,
+        s.protocol.lower(),
+        s.port_name
+    );
+    format!("external-{}", hash_and_truncate(&base))
 }
 
 /// nftables mode's `endpoint-<hash>-ns/name/proto/port__ip/port` chain
@@ -302,6 +343,13 @@ pub fn iptables_restore_with(cfg: &KpConfig, family: Family, services: &[KpServi
             s.vip,
             s.port
         );
+        if let Some(np) = s.node_port {
+            let _ = writeln!(
+                o,
+                "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"{} has no endpoints\" -m addrtype --dst-type LOCAL -m {p} -p {p} --dport {np} -j REJECT",
+                s.port_name_string(),
+            );
+        }
     }
     if family == Family::V4 {
         let _ = writeln!(
@@ -365,11 +413,30 @@ pub fn iptables_restore_with(cfg: &KpConfig, family: Family, services: &[KpServi
             "-A KUBE-SERVICES -m comment --comment \"{spn} cluster IP\" -m {p} -p {p} -d {} --dport {} -j {svc}",
             s.vip, s.port
         );
+        if let Some(np) = s.node_port {
+            let ext = ext_chain(s);
+            let _ = writeln!(chains, ":{ext} - [0:0]");
+            let _ = writeln!(
+                rules,
+                "-A KUBE-NODEPORTS -m comment --comment {} -m {p} -p {p} --dport {np} -j {ext}",
+                quote(&spn)
+            );
+        }
         let _ = writeln!(
             per_service,
             "-A {svc} -m comment --comment \"{spn} cluster IP\" -m {p} -p {p} -d {} --dport {} ! -s {cluster_cidr} -j KUBE-MARK-MASQ",
             s.vip, s.port
         );
+        if s.node_port.is_some() {
+            // externalTrafficPolicy: Cluster: the backend may be on another
+            // node, so masquerade whatever comes from outside.
+            let ext = ext_chain(s);
+            let _ = writeln!(
+                per_service,
+                "-A {ext} -m comment --comment \"masquerade traffic for {spn} external destinations\" -j KUBE-MARK-MASQ"
+            );
+            let _ = writeln!(per_service, "-A {ext} -j {svc}");
+        }
         let n = eps.len();
         let mut sep_rules = String::new();
         for (i, ep) in eps.iter().enumerate() {
@@ -573,6 +640,9 @@ fn nft_family(o: &mut String, cfg: &KpConfig, family: Family, services: &[KpServ
     ] {
         let _ = writeln!(o, "add rule {t} {rule}");
     }
+    for ip in cfg.nodeport_ips.iter().filter(|ip| family.has(ip)) {
+        let _ = writeln!(o, "add element {t} nodeport-ips {{ {ip} }}");
+    }
     let mut cluster_ips = BTreeSet::new();
     for s in services.iter().filter(|s| family.has(&s.vip)) {
         let p = s.protocol.lower();
@@ -588,6 +658,13 @@ fn nft_family(o: &mut String, cfg: &KpConfig, family: Family, services: &[KpServ
                 s.port,
                 s.port_name_string()
             );
+            if let Some(np) = s.node_port {
+                let _ = writeln!(
+                    o,
+                    "add element {t} no-endpoint-nodeports {{ {p} . {np} comment \"{}\" : goto reject-chain }}",
+                    s.port_name_string()
+                );
+            }
             continue;
         }
         let svc = nft_service_chain(s);
@@ -624,6 +701,16 @@ fn nft_family(o: &mut String, cfg: &KpConfig, family: Family, services: &[KpServ
             "add element {t} service-ips {{ {} . {p} . {} : goto {svc} }}",
             s.vip, s.port
         );
+        if let Some(np) = s.node_port {
+            let ext = nft_external_chain(s);
+            let _ = writeln!(o, "add chain {t} {ext}");
+            let _ = writeln!(o, "add rule {t} {ext} jump mark-for-masquerade");
+            let _ = writeln!(o, "add rule {t} {ext} goto {svc}");
+            let _ = writeln!(
+                o,
+                "add element {t} service-nodeports {{ {p} . {np} : goto {ext} }}"
+            );
+        }
     }
 }
 
@@ -640,6 +727,7 @@ mod tests {
             port: 80,
             protocol: Proto::Tcp,
             endpoints: eps.iter().map(|e| (e.parse().unwrap(), 80)).collect(),
+            node_port: None,
         }
     }
 
@@ -742,6 +830,59 @@ mod tests {
             "{t6}"
         );
         assert!(t6.contains("! -s fd00:5c:1::/64 -j KUBE-MARK-MASQ"), "{t6}");
+    }
+
+    /// NodePort (externalTrafficPolicy: Cluster) rules, names and comments
+    /// as in kube-proxy's own unit tests (ns3/svc3 there has node port 3003).
+    #[test]
+    fn node_port_rules() {
+        let mut s3 = svc("ns3", "svc3", "172.30.0.43", &["10.180.0.3"]);
+        s3.node_port = Some(3003);
+        let mut s6 = svc("ns6", "svc6", "172.30.0.46", &[]);
+        s6.node_port = Some(3006);
+        let plain = svc("ns1", "svc1", "172.30.0.41", &["10.180.0.1"]);
+        let t = iptables_restore(&[s3.clone(), s6.clone(), plain.clone()]);
+        assert_eq!(ext_chain(&s3), "KUBE-EXT-X27LE4BHSL4DOUIK");
+        for line in [
+            ":KUBE-EXT-X27LE4BHSL4DOUIK - [0:0]",
+            "-A KUBE-NODEPORTS -m comment --comment ns3/svc3:p80 -m tcp -p tcp --dport 3003 -j KUBE-EXT-X27LE4BHSL4DOUIK",
+            "-A KUBE-EXT-X27LE4BHSL4DOUIK -m comment --comment \"masquerade traffic for ns3/svc3:p80 external destinations\" -j KUBE-MARK-MASQ",
+            "-A KUBE-EXT-X27LE4BHSL4DOUIK -j KUBE-SVC-X27LE4BHSL4DOUIK",
+            "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"ns6/svc6:p80 has no endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 3006 -j REJECT",
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
+        ] {
+            assert!(t.lines().any(|l| l == line), "missing {line}\n{t}");
+        }
+        // The masquerade mark comes before the jump to the service chain.
+        let mark = t.find("-A KUBE-EXT-X27LE4BHSL4DOUIK -m comment").unwrap();
+        let jump = t.find("-A KUBE-EXT-X27LE4BHSL4DOUIK -j").unwrap();
+        assert!(mark < jump);
+        assert_eq!(t.matches("KUBE-EXT-").count(), 4, "{t}");
+        // Without node ports, nothing changes.
+        let without = iptables_restore(std::slice::from_ref(&plain));
+        assert!(!without.contains("KUBE-EXT-") && !without.contains("-A KUBE-NODEPORTS"));
+
+        let cfg = KpConfig {
+            nodeport_ips: vec!["198.18.200.11".parse().unwrap(), "fd00:5c:c8::11".parse().unwrap()],
+            ..KpConfig::default()
+        };
+        let n = nft_with(&cfg, &[s3.clone(), s6, plain.clone()]);
+        assert_eq!(nft_external_chain(&s3), "external-4AT6LBPK-ns3/svc3/tcp/p80");
+        for line in [
+            "add chain ip kube-proxy external-4AT6LBPK-ns3/svc3/tcp/p80\n",
+            "add rule ip kube-proxy external-4AT6LBPK-ns3/svc3/tcp/p80 jump mark-for-masquerade\n",
+            "add rule ip kube-proxy external-4AT6LBPK-ns3/svc3/tcp/p80 goto service-4AT6LBPK-ns3/svc3/tcp/p80\n",
+            "add element ip kube-proxy service-nodeports { tcp . 3003 : goto external-4AT6LBPK-ns3/svc3/tcp/p80 }\n",
+            "add element ip kube-proxy no-endpoint-nodeports { tcp . 3006 comment \"ns6/svc6:p80\" : goto reject-chain }\n",
+            "add element ip kube-proxy nodeport-ips { 198.18.200.11 }\n",
+            "add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports\n",
+            "add rule ip kube-proxy masquerading masquerade fully-random\n",
+        ] {
+            assert!(n.contains(line), "missing {line}\n{n}");
+        }
+        assert!(!n.contains("fd00:5c:c8::11"), "an IPv6 node IP in the IPv4 table\n{n}");
+        let without = nft(&[plain]);
+        assert!(!without.contains("external-") && !without.contains("add element ip kube-proxy service-nodeports"), "{without}");
     }
 
     #[test]

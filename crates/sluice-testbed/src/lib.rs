@@ -37,6 +37,7 @@ pub mod probe;
 pub mod proc;
 pub mod stats;
 pub mod topo;
+pub mod topo2;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -10,6 +10,7 @@ use common::*;
 use sluice_testbed::kubeproxy::{self, Family, KpService, Proto};
 use sluice_testbed::proc::Spawned;
 use sluice_testbed::topo::Topology;
+use sluice_testbed::topo2::{kube_proxy_config, NodeId, TwoNode};
 
 fn svc(name: &str, vip: &str, port: u16, protocol: Proto, eps: Vec<(IpAddr, u16)>) -> KpService {
     KpService {
@@ -20,6 +21,7 @@ fn svc(name: &str, vip: &str, port: u16, protocol: Proto, eps: Vec<(IpAddr, u16)
         port,
         protocol,
         endpoints: eps,
+        node_port: None,
     }
 }
 
@@ -271,4 +273,64 @@ fn a_thousand_services_load() {
         .filter(|l| l.starts_with(":KUBE-SEP-"))
         .count();
     assert_eq!(n, 3000);
+}
+
+/// NodePort (externalTrafficPolicy: Cluster) through node1 of the two-node
+/// topology to a backend pod on node2: node1 DNATs, masquerades and
+/// forwards over link0; the reply comes back through node1 (without the
+/// masquerade node2 would answer the client straight over the fabric, from
+/// the pod's address, and nothing would connect).
+fn check_node_port(t: &TwoNode) {
+    for to in ["198.18.200.11:30080", "[fd00:5c:c8::11]:30080"] {
+        let v = connect(t.client(), &["--to", to, "--count", "10"]);
+        assert!(v["errors"].as_object().unwrap().is_empty(), "{to}: {v}");
+        assert_eq!(set(field(&v, "backend")), set(vec!["node2-pod0".into()]), "{v}");
+        let v = connect(t.client(), &["--udp", "--to", to, "--count", "10"]);
+        assert!(v["errors"].as_object().unwrap().is_empty(), "{to} UDP: {v}");
+        assert_eq!(set(field(&v, "peer")), set(vec![to.to_string()]), "{v}");
+    }
+    // A node port without endpoints is refused.
+    let v = connect(t.client(), &["--to", "198.18.200.11:30081", "--count", "2"]);
+    assert_eq!(v["errors"]["ECONNREFUSED"], 2, "{v}");
+}
+
+fn node_port_setup(tag: &str) -> (TwoNode, Spawned, Vec<KpService>) {
+    let mut t = TwoNode::new(tag).unwrap();
+    let pod = t.add_plain_pod(NodeId::Node2, 0).unwrap();
+    let (ip4, ip6) = (pod.ip4, pod.ip6);
+    let server = serve(&pod.netns, &pod.name, &["--tcp", "[::]:8080", "--udp", "[::]:8080"]);
+    let with_np = |mut s: KpService, np| {
+        s.node_port = Some(np);
+        s
+    };
+    let services = vec![
+        with_np(svc("np", "198.19.0.1", 80, Proto::Tcp, vec![(ip4.into(), 8080)]), 30080),
+        with_np(svc("np-udp", "198.19.0.1", 80, Proto::Udp, vec![(ip4.into(), 8080)]), 30080),
+        with_np(svc("np6", "fd00:5c:ee::1", 80, Proto::Tcp, vec![(ip6.into(), 8080)]), 30080),
+        with_np(svc("np6-udp", "fd00:5c:ee::1", 80, Proto::Udp, vec![(ip6.into(), 8080)]), 30080),
+        with_np(svc("none", "198.19.0.2", 80, Proto::Tcp, vec![]), 30081),
+        with_np(svc("none6", "fd00:5c:ee::2", 80, Proto::Tcp, vec![]), 30081),
+    ];
+    (t, server, services)
+}
+
+#[test]
+fn iptables_node_port_reaches_a_backend_on_the_other_node() {
+    root_or_skip!();
+    let (t, _server, services) = node_port_setup("sl-kpnp-ipt");
+    let cfg = kube_proxy_config(NodeId::Node1);
+    let node1 = t.node(NodeId::Node1);
+    for f in [Family::V4, Family::V6] {
+        kubeproxy::load_iptables(node1, f, &kubeproxy::iptables_restore_with(&cfg, f, &services)).unwrap();
+    }
+    check_node_port(&t);
+}
+
+#[test]
+fn nft_node_port_reaches_a_backend_on_the_other_node() {
+    root_or_skip!();
+    let (t, _server, services) = node_port_setup("sl-kpnp-nft");
+    let cfg = kube_proxy_config(NodeId::Node1);
+    kubeproxy::load_nft(t.node(NodeId::Node1), &kubeproxy::nft_with(&cfg, &services)).unwrap();
+    check_node_port(&t);
 }
