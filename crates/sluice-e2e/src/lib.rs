@@ -252,3 +252,136 @@ pub fn peers(v: &Value) -> Vec<String> {
 pub fn errors(v: &Value) -> Vec<String> {
     v["results"].as_array().unwrap().iter().filter_map(|r| r["error"].as_str().map(String::from)).collect()
 }
+
+/// An agent running in a network namespace the caller owns (a node of a
+/// multi-node topology), with its own state, pins, API socket and test
+/// cgroup. Dropping it kills the agent and removes the datapath and files.
+pub struct NodeAgent {
+    pub name: String,
+    pub cgroup: TestCgroup,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    state_dir: PathBuf,
+    netns: PathBuf,
+    args: Vec<String>,
+    sluice: PathBuf,
+    tmp: PathBuf,
+    agent: Option<Spawned>,
+}
+
+impl NodeAgent {
+    /// Start `sluice agent` in `ns` with `args` added to the test defaults.
+    pub fn start(ns: &Netns, name: &str, args: &[&str]) -> anyhow::Result<NodeAgent> {
+        require_root();
+        let id = format!("{name}-{}-{}", std::process::id(), unique());
+        let tmp = std::env::temp_dir().join(format!("sluice-e2e-{id}"));
+        std::fs::create_dir_all(&tmp)?;
+        let mut a = NodeAgent {
+            name: name.to_string(),
+            cgroup: TestCgroup::new(&format!("sl-{name}"))?,
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/sluice-e2e-{id}")),
+            socket: tmp.join("agent.sock"),
+            log: tmp.join("agent.log"),
+            state_dir: tmp.join("state"),
+            netns: ns.path().to_path_buf(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            sluice: bin("sluice"),
+            tmp,
+            agent: None,
+        };
+        a.restart(ns)?;
+        Ok(a)
+    }
+
+    /// (Re)start the agent process in `ns` (the namespace it was made for).
+    pub fn restart(&mut self, ns: &Netns) -> anyhow::Result<()> {
+        anyhow::ensure!(ns.path() == self.netns, "an agent stays in its own namespace");
+        self.agent = None;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut args: Vec<&str> = vec![
+            "agent",
+            "--state-dir",
+            self.state_dir.to_str().unwrap(),
+            "--cgroup",
+            self.cgroup.path().to_str().unwrap(),
+            "--bpffs",
+            self.pin_dir.to_str().unwrap(),
+            "--api-socket",
+            self.socket.to_str().unwrap(),
+            "--node-addr-refresh",
+            "0.2",
+            "--service-cidr",
+            "198.19.128.0/17",
+        ];
+        args.extend(self.args.iter().map(String::as_str));
+        self.agent = Some(sluice_testbed::proc::spawn_in_logged(Some(ns), None, &self.sluice, &args, log)?);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if self.cli(&["status"]).map(|o| o.status.success()).unwrap_or(false) {
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(());
+            }
+            if let Some(a) = self.agent.as_mut() {
+                if let Ok(Some(st)) = a.try_wait() {
+                    bail!("agent {} exited ({st}); log:\n{}", self.name, self.log_text());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("agent {} did not come up; log:\n{}", self.name, self.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut a = vec!["--api-socket", self.socket.to_str().unwrap()];
+        a.extend_from_slice(args);
+        Ok(std::process::Command::new(&self.sluice).args(&a).output()?)
+    }
+
+    /// Run the CLI and require success; stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args).expect("running sluice");
+        assert!(
+            o.status.success(),
+            "sluice {args:?} on {} failed: {}\n{}",
+            self.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+
+    pub fn apply(&self, file: &str, text: &str) -> String {
+        let p = self.tmp.join(file);
+        std::fs::write(&p, text).unwrap();
+        self.ok(&["apply", "-f", p.to_str().unwrap()])
+    }
+
+    /// A counter of `sluice bpf metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let v: Value = serde_json::from_str(&self.ok(&["bpf", "metrics", "-o", "json", "--bpffs", self.pin_dir.to_str().unwrap()])).unwrap();
+        v.as_array()
+            .and_then(|a| a.iter().find(|m| m["name"] == name))
+            .and_then(|m| m["value"].as_u64())
+            .unwrap_or_else(|| panic!("no counter {name} in {v}"))
+    }
+
+    /// Kill the agent (SIGKILL: a crash); the datapath stays.
+    pub fn kill(&mut self) {
+        self.agent = None;
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        self.agent = None;
+        let _ = std::process::Command::new(&self.sluice)
+            .args(["datapath", "uninstall", "--bpffs", self.pin_dir.to_str().unwrap()])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
