@@ -43,6 +43,7 @@
 #include "ct.h"
 #include "dsr.h"
 #include "fib.h"
+#include "icmp.h"
 #include "nat.h"
 #include "pkt.h"
 
@@ -412,8 +413,17 @@ static __always_inline int sl_host_in(struct __sk_buff *skb)
 		sl_count(SL_M_HOST_MALFORMED_PASSED);
 		return TC_ACT_OK;
 	}
-	if (!p.has_l4 && !p.icmp_echo)
+	if (!p.has_l4 && !p.icmp_echo) {
+		/* An ICMP error about a flow this node SNATed. */
+		r = sl_icmp_to_node(skb, &p);
+		if (r == SL_XLATE_DROP)
+			return TC_ACT_SHOT;
+		if (r == SL_XLATE_DONE_NODEPORT)
+			return sl_fib_redirect(skb, &p);
+		if (r == SL_XLATE_DONE)
+			return sl_deliver_local(skb, &p);
 		return TC_ACT_OK;
+	}
 
 	r = sl_np_reply(skb, &p);
 	if (r == SL_XLATE_DROP)

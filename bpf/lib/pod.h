@@ -12,6 +12,7 @@
 #include "../include/metrics.h"
 #include "ct.h"
 #include "fib.h"
+#include "icmp.h"
 #include "pkt.h"
 
 /* To a pod on this node: straight into its namespace (tc ingress only). */
@@ -40,6 +41,20 @@ static __always_inline int sl_pod_from(struct __sk_buff *skb)
 	if (r != SL_PARSE_OK) {
 		sl_count(SL_M_DROP_MALFORMED);
 		return TC_ACT_SHOT;
+	}
+	if (!p.has_l4 && !p.icmp_echo) {
+		/* An ICMP error this pod sends about a flow it served. */
+		__u16 cf = 0;
+
+		r = sl_icmp_from_backend(skb, &p, &cf);
+		if (r == SL_XLATE_DROP)
+			return TC_ACT_SHOT;
+		if (r == SL_XLATE_DONE && (cf & SL_CT_F_NODEPORT)) {
+			union sl_addr dst = p.daddr;
+
+			if (!bpf_map_lookup_elem(&sl_ep_v1, &dst))
+				return sl_fib_redirect(skb, &p);
+		}
 	}
 	if (p.has_l4) {
 		/* A reply from this pod as a service backend, else a packet

@@ -524,3 +524,119 @@ fn external_traffic_policy_cluster_spreads_over_both_nodes() {
         assert_eq!(seen, [local, remote].into_iter().collect(), "both nodes' backends are used");
     });
 }
+
+// ---------------------------------------------------------------- ICMP errors
+
+/// The quote an ICMP error carries: the IP header and the first 8 bytes of
+/// the L4 header of `pkt`.
+fn quote(frame: &[u8]) -> Vec<u8> {
+    let ip_len = if frame[12] == 0x08 { 20 } else { 40 };
+    frame[14..14 + ip_len + 8].to_vec()
+}
+
+/// `q` with the quoted L4 checksum taken from `from` (the datapath leaves
+/// the quoted UDP checksum alone; TCP's is not in the first 8 bytes).
+fn keep_quoted_csum(mut q: Vec<u8>, from: &[u8], proto: u8) -> Vec<u8> {
+    if proto == UDP {
+        let ip_len = if q[0] >> 4 == 4 { 20 } else { 40 };
+        q[ip_len + 6..ip_len + 8].copy_from_slice(&from[ip_len + 6..ip_len + 8]);
+    }
+    q
+}
+
+/// An ICMP "port unreachable" (IPv4 type 3 code 3, ICMPv6 type 1 code 4)
+/// from `src` to `dst` quoting `q`, as an Ethernet frame with checksums.
+fn icmp_error(src: IpAddr, dst: IpAddr, q: &[u8], macs: ([u8; 6], [u8; 6])) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend(macs.0);
+    f.extend(macs.1);
+    let mut icmp = match src {
+        IpAddr::V4(_) => vec![3, 3, 0, 0, 0, 0, 0, 0],
+        IpAddr::V6(_) => vec![1, 4, 0, 0, 0, 0, 0, 0],
+    };
+    icmp.extend(q);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend([0x08, 0x00]);
+            let c = checksum(&icmp, 0);
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+            ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+            ip.extend(s.octets());
+            ip.extend(d.octets());
+            let c = checksum(&ip, 0);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend(ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend([0x86, 0xdd]);
+            let c = checksum(&icmp, pseudo(src, dst, 58, icmp.len()));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            let mut ip = vec![0x60, 0, 0, 0];
+            ip.extend((icmp.len() as u16).to_be_bytes());
+            ip.extend([58, 64]);
+            ip.extend(s.octets());
+            ip.extend(d.octets());
+            f.extend(ip);
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend(icmp);
+    f
+}
+
+#[test]
+fn icmp_errors_of_a_local_backend_name_the_frontend() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        for (i, (v6, proto)) in combos().into_iter().enumerate() {
+            let l = label(v6, proto);
+            let backend = sock(local_pod(v6), 8080);
+            node_port(&d, 130 + i as u32, v6, proto, 0, backend);
+            let c = sock(client(v6), 40000);
+            let front = sock(node(v6), 30080);
+            let input = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            d.run(HostIngress, &input.build()).unwrap();
+            // The pod answers "port unreachable", quoting what it received.
+            let received = input.clone().with_dst(backend).build();
+            let err = icmp_error(backend.ip(), c.ip(), &quote(&received), (HOST_MAC, POD_MAC));
+            let want_quote = keep_quoted_csum(quote(&input.build()), &quote(&received), proto);
+            let expected = icmp_error(front.ip(), c.ip(), &want_quote, (ROUTER_MAC, EXT_MAC));
+            run(&d, &Fixture::new(format!("icmp-local-{l}"), FromPod, err, TC_ACT_REDIRECT, Expect::Bytes(expected)));
+        }
+    });
+    assert_eq!(metric(&d, "icmp_error_xlate"), 4);
+}
+
+#[test]
+fn icmp_errors_about_a_snated_flow_go_back_to_the_client() {
+    let ns = topology();
+    let d = setup((40000, 40999));
+    ns.enter(|| {
+        for (i, (v6, proto)) in combos().into_iter().enumerate() {
+            let l = label(v6, proto);
+            let backend = sock(remote_pod(v6), 8080);
+            node_port(&d, 140 + i as u32, v6, proto, 0, backend);
+            let c = sock(client(v6), 40000);
+            let front = sock(node(v6), 30080);
+            let input = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
+            let r = d.run(HostIngress, &input.build()).unwrap();
+            let sent = r.packet;
+            let want_quote = keep_quoted_csum(quote(&input.build()), &quote(&sent), proto);
+            // From the backend itself: its address becomes the frontend's.
+            let err = icmp_error(backend.ip(), ip(node(v6)), &quote(&sent), (EXT_MAC, OTHER_NODE_MAC));
+            let expected = icmp_error(front.ip(), c.ip(), &want_quote, (ROUTER_MAC, EXT_MAC));
+            run(&d, &Fixture::new(format!("icmp-snat-backend-{l}"), HostIngress, err, TC_ACT_REDIRECT, Expect::Bytes(expected)));
+            // From a router on the way: its address stays.
+            let router = ip(if v6 { "fd00:50::2" } else { "192.0.2.2" });
+            let err = icmp_error(router, ip(node(v6)), &quote(&sent), (EXT_MAC, OTHER_NODE_MAC));
+            let expected = icmp_error(router, c.ip(), &want_quote, (ROUTER_MAC, EXT_MAC));
+            run(&d, &Fixture::new(format!("icmp-snat-router-{l}"), HostIngress, err, TC_ACT_REDIRECT, Expect::Bytes(expected)));
+            // About a flow nobody translated: untouched.
+            let stray = icmp_error(router, ip(node(v6)), &quote(&Pkt::new(&sock(node(v6), 1).to_string(), &backend.to_string(), proto).build()), (EXT_MAC, OTHER_NODE_MAC));
+            run(&d, &Fixture::new(format!("icmp-stray-{l}"), HostIngress, stray, TC_ACT_OK, Expect::Unchanged));
+        }
+    });
+    assert_eq!(metric(&d, "icmp_error_xlate"), 8);
+}

@@ -198,7 +198,7 @@ pub fn checksum(data: &[u8], acc: u32) -> u16 {
     !fold(sum16(data, acc))
 }
 
-fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+pub fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     let mut p = Vec::new();
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
