@@ -467,8 +467,23 @@ fn maglev_picks_the_same_backend_on_both_nodes_and_moves_only_the_flows_of_a_rem
     // New flows through node1, then pod3 leaves; the same flows through
     // node2 (no conntrack entry for them there): only pod3's flows move.
     let fresh: Vec<u16> = (0..40).map(|i| 21000 + i).collect();
+    // `sluice lb simulate` on node1's live maps predicts each of them.
+    let n1 = c.agent(NodeId::Node1);
+    let predicted: Vec<String> = fresh
+        .iter()
+        .map(|p| {
+            let src = format!("{CLIENT_IP4}:{p}");
+            let out = n1.ok(&["lb", "simulate", "--src", &src, "--dst", "198.18.250.10:53", "--proto", "udp", "--bpffs", n1.pin_dir.to_str().unwrap(), "-o", "json"]);
+            let v: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["selection"]["by"], "maglev", "{v}");
+            let addr: SocketAddr = v["backend"]["addr"].as_str().unwrap().parse().unwrap();
+            let i = c.pods.iter().position(|pod| pod.ip4 == addr.ip()).unwrap_or_else(|| panic!("{addr} is no pod"));
+            format!("pod{i}")
+        })
+        .collect();
     via(&c, NodeId::Node1);
     let before = ask_all(&c, &fresh);
+    assert_eq!(predicted, before, "the simulator agrees with the datapath");
     c.apply_svc("LoadBalancer", &format!("{lb}{status}"), "", &pods[..3]);
     via(&c, NodeId::Node2);
     let after = ask_all(&c, &fresh);
