@@ -14,12 +14,12 @@
  *
  * Expiry: an entry is alive while now < last_seen_ns + lifetime_s. TCP FIN
  * or RST shortens the lifetime to SL_CT_LIFETIME_CLOSE_S. The datapath
- * ignores (and replaces) expired entries; the map is LRU, so entries no
- * flow uses are evicted when it fills. A userspace sweep of expired
- * entries is not written yet.
+ * ignores (and replaces) expired entries; the map is LRU (sized by
+ * --ct-max), so entries no flow uses are evicted when it fills, and the
+ * agent sweeps expired pairs (crates/sluice-datapath/src/ctgc.rs).
  *
- * Written by the pod datapath today; general enough for translation at the
- * node's devices (NodePort from outside) later.
+ * Written by the pod devices (per-packet service translation) and the
+ * external devices (traffic from outside the node, lib/nodeport.h).
  */
 #ifndef SLUICE_CT_H
 #define SLUICE_CT_H
