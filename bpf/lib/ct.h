@@ -109,6 +109,89 @@ static __always_inline int sl_ct_reply(struct __sk_buff *skb, struct sl_pkt *p, 
 }
 
 /*
+ * The backend of a new flow of @p to the frontend whose master entry is
+ * @master (@key as sl_lb_lookup_frontend() left it): count check, Maglev
+ * or random pick, family check. Returns SL_XLATE_DONE with @be and @be_id
+ * filled, or SL_XLATE_DROP (reason counted).
+ */
+static __always_inline int sl_ct_choose(const struct sl_pkt *p, struct sl_svc_key *key,
+					const struct sl_svc_val *master,
+					struct sl_backend *be, __u32 *be_id)
+{
+	__u32 hash;
+
+	if (master->count == 0) {
+		sl_count(SL_M_DROP_NO_BACKEND);
+		return SL_XLATE_DROP;
+	}
+	hash = sl_maglev_flow_hash(&p->saddr, &p->daddr, p->sport, p->dport, p->proto);
+	if (sl_lb_pick(key, master, hash, sl_ct_client(&p->saddr), be, be_id)) {
+		sl_count(SL_M_DROP_BACKEND_MISSING);
+		return SL_XLATE_DROP;
+	}
+	if (sl_addr_is_v4(&be->addr) == (bool)p->v6) {
+		sl_count(SL_M_DROP_FAMILY_MISMATCH);
+		return SL_XLATE_DROP;
+	}
+	return SL_XLATE_DONE;
+}
+
+/*
+ * Record a new flow of @p (client -> frontend) sent to @be: the reverse
+ * entry first (a reply must never find a forward entry's flow without its
+ * way back), then the forward one. One key and one value serve both in
+ * turn: this also runs in XDP's frame, where the stack is short. Returns
+ * SL_XLATE_DONE or SL_XLATE_DROP (counted).
+ */
+static __always_inline int sl_ct_create(const struct sl_pkt *p, const struct sl_backend *be,
+					__u32 be_id, __u32 rev_nat_id, __u16 flags, __u64 now)
+{
+	struct sl_ct_key k = {
+		.saddr = be->addr,
+		.daddr = p->saddr,
+		.sport = be->port,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = SL_CT_DIR_REV,
+	};
+	struct sl_ct_val v = {
+		.nat_addr = p->daddr,
+		.nat_port = p->dport,
+		.flags = flags,
+		.rev_nat_id = rev_nat_id,
+		.backend_id = be_id,
+		.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S,
+		.last_seen_ns = now,
+		.created_ns = now,
+	};
+
+	if (sl_tcp_closing(p))
+		sl_ct_set_closing(&v);
+	if (bpf_map_update_elem(&sl_ct_v1, &k, &v, BPF_ANY)) {
+		sl_count(SL_M_DROP_CT_MAP_FULL);
+		return SL_XLATE_DROP;
+	}
+	v.nat_addr = be->addr;
+	v.nat_port = be->port;
+	k.saddr = p->saddr;
+	k.daddr = p->daddr;
+	k.sport = p->sport;
+	k.dport = p->dport;
+	k.dir = SL_CT_DIR_FWD;
+	if (bpf_map_update_elem(&sl_ct_v1, &k, &v, BPF_ANY)) {
+		k.saddr = be->addr;
+		k.daddr = p->saddr;
+		k.sport = be->port;
+		k.dport = p->sport;
+		k.dir = SL_CT_DIR_REV;
+		bpf_map_delete_elem(&sl_ct_v1, &k);
+		sl_count(SL_M_DROP_CT_MAP_FULL);
+		return SL_XLATE_DROP;
+	}
+	return SL_XLATE_DONE;
+}
+
+/*
  * A packet from a pod (client -> frontend): send it to a backend. Existing
  * flows follow their conntrack entry; new ones (or flows whose backend is
  * gone) pick a backend and get a forward and a reverse entry.
@@ -123,12 +206,11 @@ static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p
 		.proto = p->proto,
 		.dir = SL_CT_DIR_FWD,
 	};
-	struct sl_ct_key rk = {};
-	struct sl_ct_val *fv, nv = {}, rv = {};
+	struct sl_ct_val *fv;
 	struct sl_svc_key key = {};
 	struct sl_svc_val *master;
 	struct sl_backend be = {}, *bp;
-	__u32 be_id = 0, hash;
+	__u32 be_id = 0;
 	__u64 now = bpf_ktime_get_ns();
 
 	fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
@@ -151,51 +233,9 @@ static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p
 	master = sl_lb_lookup_frontend(&key, SL_NETNS_NONE);
 	if (!master)
 		return SL_XLATE_PASS;
-	if (master->count == 0) {
-		sl_count(SL_M_DROP_NO_BACKEND);
+	if (sl_ct_choose(p, &key, master, &be, &be_id) != SL_XLATE_DONE ||
+	    sl_ct_create(p, &be, be_id, master->rev_nat_id, 0, now) != SL_XLATE_DONE)
 		return SL_XLATE_DROP;
-	}
-	hash = sl_maglev_flow_hash(&p->saddr, &p->daddr, p->sport, p->dport, p->proto);
-	if (sl_lb_pick(&key, master, hash, sl_ct_client(&p->saddr), &be, &be_id)) {
-		sl_count(SL_M_DROP_BACKEND_MISSING);
-		return SL_XLATE_DROP;
-	}
-	if (sl_addr_is_v4(&be.addr) == (bool)p->v6) {
-		sl_count(SL_M_DROP_FAMILY_MISMATCH);
-		return SL_XLATE_DROP;
-	}
-
-	nv.nat_addr = be.addr;
-	nv.nat_port = be.port;
-	nv.rev_nat_id = master->rev_nat_id;
-	nv.backend_id = be_id;
-	nv.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S;
-	nv.last_seen_ns = now;
-	nv.created_ns = now;
-	if (sl_tcp_closing(p))
-		sl_ct_set_closing(&nv);
-
-	rk.saddr = be.addr;
-	rk.daddr = p->saddr;
-	rk.sport = be.port;
-	rk.dport = p->sport;
-	rk.proto = p->proto;
-	rk.dir = SL_CT_DIR_REV;
-	rv = nv;
-	rv.nat_addr = p->daddr;
-	rv.nat_port = p->dport;
-
-	/* Reverse first: a reply must never find a forward entry's flow
-	 * without its way back. */
-	if (bpf_map_update_elem(&sl_ct_v1, &rk, &rv, BPF_ANY)) {
-		sl_count(SL_M_DROP_CT_MAP_FULL);
-		return SL_XLATE_DROP;
-	}
-	if (bpf_map_update_elem(&sl_ct_v1, &fk, &nv, BPF_ANY)) {
-		bpf_map_delete_elem(&sl_ct_v1, &rk);
-		sl_count(SL_M_DROP_CT_MAP_FULL);
-		return SL_XLATE_DROP;
-	}
 
 rewrite:
 	if (sl_rewrite(skb, p, false, &be.addr, be.port)) {

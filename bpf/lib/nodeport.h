@@ -41,6 +41,7 @@
 #include "../include/metrics.h"
 #include "cfg.h"
 #include "ct.h"
+#include "deliver.h"
 #include "dsr.h"
 #include "fib.h"
 #include "icmp.h"
@@ -83,8 +84,6 @@ static __always_inline __u8 sl_np_path(const struct sl_backend *be, __u16 ct_fla
  */
 static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flow *f)
 {
-	/* One key and one value, used for both entries in turn: this runs
-	 * in XDP's frame too, where the stack is short. */
 	struct sl_ct_key k = {
 		.saddr = p->saddr,
 		.daddr = p->daddr,
@@ -93,11 +92,11 @@ static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flo
 		.proto = p->proto,
 		.dir = SL_CT_DIR_FWD,
 	};
-	struct sl_ct_val *fv, v = {};
+	struct sl_ct_val *fv;
 	struct sl_svc_key key = {};
 	struct sl_svc_val *master;
 	struct sl_backend *bp;
-	__u32 be_id = 0, hash;
+	__u32 be_id = 0;
 	__u16 flags = SL_CT_F_NODEPORT;
 	bool local_only = false;
 	__u64 now = bpf_ktime_get_ns();
@@ -137,19 +136,8 @@ static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flo
 		}
 		local_only = true;
 	}
-	if (master->count == 0) {
-		sl_count(SL_M_DROP_NO_BACKEND);
+	if (sl_ct_choose(p, &key, master, &f->be, &be_id) != SL_XLATE_DONE)
 		return SL_XLATE_DROP;
-	}
-	hash = sl_maglev_flow_hash(&p->saddr, &p->daddr, p->sport, p->dport, p->proto);
-	if (sl_lb_pick(&key, master, hash, sl_ct_client(&p->saddr), &f->be, &be_id)) {
-		sl_count(SL_M_DROP_BACKEND_MISSING);
-		return SL_XLATE_DROP;
-	}
-	if (sl_addr_is_v4(&f->be.addr) == (bool)p->v6) {
-		sl_count(SL_M_DROP_FAMILY_MISMATCH);
-		return SL_XLATE_DROP;
-	}
 	f->path = sl_np_path(&f->be, 0);
 	if (f->path == SL_NP_ROUTE && !local_only) {
 		if (master->flags & SL_SVC_F_DSR) {
@@ -161,47 +149,7 @@ static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flo
 		}
 	}
 	f->ct_flags = flags;
-
-	/* Reverse first, as in sl_ct_service(): backend -> client, naming
-	 * the frontend. */
-	v.nat_addr = p->daddr;
-	v.nat_port = p->dport;
-	v.flags = flags;
-	v.rev_nat_id = master->rev_nat_id;
-	v.backend_id = be_id;
-	v.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S;
-	v.last_seen_ns = now;
-	v.created_ns = now;
-	if (sl_tcp_closing(p))
-		sl_ct_set_closing(&v);
-	k.saddr = f->be.addr;
-	k.daddr = p->saddr;
-	k.sport = f->be.port;
-	k.dport = p->sport;
-	k.dir = SL_CT_DIR_REV;
-	if (bpf_map_update_elem(&sl_ct_v1, &k, &v, BPF_ANY)) {
-		sl_count(SL_M_DROP_CT_MAP_FULL);
-		return SL_XLATE_DROP;
-	}
-	/* Forward: client -> frontend, naming the backend. */
-	v.nat_addr = f->be.addr;
-	v.nat_port = f->be.port;
-	k.saddr = p->saddr;
-	k.daddr = p->daddr;
-	k.sport = p->sport;
-	k.dport = p->dport;
-	k.dir = SL_CT_DIR_FWD;
-	if (bpf_map_update_elem(&sl_ct_v1, &k, &v, BPF_ANY)) {
-		k.saddr = f->be.addr;
-		k.daddr = p->saddr;
-		k.sport = f->be.port;
-		k.dport = p->sport;
-		k.dir = SL_CT_DIR_REV;
-		bpf_map_delete_elem(&sl_ct_v1, &k);
-		sl_count(SL_M_DROP_CT_MAP_FULL);
-		return SL_XLATE_DROP;
-	}
-	return SL_XLATE_DONE;
+	return sl_ct_create(p, &f->be, be_id, master->rev_nat_id, flags, now);
 }
 
 /* The node's address of the packet's family, to SNAT to; NULL if none. */
@@ -223,22 +171,6 @@ static __always_inline enum sl_metric sl_np_snat(const struct sl_pkt *p, struct 
 	if (!cfg || !sl_np_node_addr(cfg, p->v6, &node))
 		return SL_M_DROP_NO_NODE_ADDR;
 	return sl_snat_lookup(cfg, p, &node, nat, SL_CT_F_NODEPORT);
-}
-
-/* To a pod on this node, if the destination is one: straight into it. */
-static __always_inline int sl_deliver_local(struct __sk_buff *skb, const struct sl_pkt *p)
-{
-	union sl_addr dst = p->daddr;
-	struct sl_ep_val *ep = bpf_map_lookup_elem(&sl_ep_v1, &dst);
-
-	if (!ep)
-		return TC_ACT_OK;
-	if (sl_set_macs(skb, ep->pod_mac, ep->host_mac)) {
-		sl_count(SL_M_DROP_REWRITE_FAILED);
-		return TC_ACT_SHOT;
-	}
-	sl_count(SL_M_POD_REDIRECT_PEER);
-	return bpf_redirect_peer(ep->host_ifindex, 0);
 }
 
 /* Results of sl_np_reply() besides SL_XLATE_*. */

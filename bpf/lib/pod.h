@@ -11,25 +11,10 @@
 #include "../include/ep.h"
 #include "../include/metrics.h"
 #include "ct.h"
+#include "deliver.h"
 #include "fib.h"
 #include "icmp.h"
 #include "pkt.h"
-
-/* To a pod on this node: straight into its namespace (tc ingress only). */
-static __always_inline int sl_pod_deliver(struct __sk_buff *skb, const struct sl_pkt *p)
-{
-	union sl_addr dst = p->daddr;
-	struct sl_ep_val *ep = bpf_map_lookup_elem(&sl_ep_v1, &dst);
-
-	if (!ep)
-		return TC_ACT_OK;
-	if (sl_set_macs(skb, ep->pod_mac, ep->host_mac)) {
-		sl_count(SL_M_DROP_REWRITE_FAILED);
-		return TC_ACT_SHOT;
-	}
-	sl_count(SL_M_POD_REDIRECT_PEER);
-	return bpf_redirect_peer(ep->host_ifindex, 0);
-}
 
 static __always_inline int sl_pod_from(struct __sk_buff *skb)
 {
@@ -76,7 +61,7 @@ static __always_inline int sl_pod_from(struct __sk_buff *skb)
 		if (r == SL_XLATE_DROP)
 			return TC_ACT_SHOT;
 	}
-	return sl_pod_deliver(skb, &p);
+	return sl_deliver_local(skb, &p);
 }
 
 static __always_inline int sl_pod_to(struct __sk_buff *skb)
