@@ -124,37 +124,10 @@ impl Env {
 
     /// Start the agent in the node's namespace, attached to the test cgroup.
     pub fn start_agent(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let sluice = self.sluice.clone();
-        let mut args = vec![
-            "agent",
-            "--state-dir",
-            self.state_dir.to_str().unwrap(),
-            "--cgroup",
-            self.cgroup.path().to_str().unwrap(),
-            "--bpffs",
-            self.pin_dir.to_str().unwrap(),
-            "--api-socket",
-            self.socket.to_str().unwrap(),
-            "--node-addr-refresh",
-            "0.2",
-            // Allocated cluster IPs stay in the test range too.
-            "--service-cidr",
-            "198.19.128.0/17",
-        ];
-        args.extend(self.agent_args.iter().map(String::as_str));
-        let child = sluice_testbed::proc::spawn_in_logged(Some(self.topo.node()), None, &sluice, &args, log)?;
-        self.agent = Some(child);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if self.cli(&["status"]).map(|o| o.status.success()).unwrap_or(false) {
-                // Node addresses are written right after start; wait for them.
-                std::thread::sleep(Duration::from_millis(300));
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("agent did not come up; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default())
+        let spec = AgentSpec { state_dir: &self.state_dir, cgroup: &self.cgroup, pin_dir: &self.pin_dir, socket: &self.socket, log: &self.log };
+        self.agent = None;
+        self.agent = Some(spec.start(&self.sluice, self.topo.node(), &self.agent_args, "agent")?);
+        Ok(())
     }
 
     /// Kill the agent (SIGKILL: a crash, not a clean stop).
@@ -253,6 +226,61 @@ pub fn errors(v: &Value) -> Vec<String> {
     v["results"].as_array().unwrap().iter().filter_map(|r| r["error"].as_str().map(String::from)).collect()
 }
 
+/// Where a test agent keeps its state, and how it is started: the one
+/// place both harnesses start `sluice agent` from.
+struct AgentSpec<'a> {
+    state_dir: &'a Path,
+    cgroup: &'a TestCgroup,
+    pin_dir: &'a Path,
+    socket: &'a Path,
+    log: &'a Path,
+}
+
+impl AgentSpec<'_> {
+    /// Start the agent in `ns` (log appended to `log`) and wait until it
+    /// answers `status`; fails with its log if it exits or stays silent.
+    fn start(&self, sluice: &Path, ns: &Netns, extra: &[String], name: &str) -> anyhow::Result<Spawned> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log)?;
+        let mut args: Vec<&str> = vec![
+            "agent",
+            "--state-dir",
+            self.state_dir.to_str().unwrap(),
+            "--cgroup",
+            self.cgroup.path().to_str().unwrap(),
+            "--bpffs",
+            self.pin_dir.to_str().unwrap(),
+            "--api-socket",
+            self.socket.to_str().unwrap(),
+            "--node-addr-refresh",
+            "0.2",
+            // Allocated cluster IPs stay in the test range too.
+            "--service-cidr",
+            "198.19.128.0/17",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let mut child = sluice_testbed::proc::spawn_in_logged(Some(ns), None, sluice, &args, log)?;
+        let log_text = || std::fs::read_to_string(self.log).unwrap_or_default();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            let up = std::process::Command::new(sluice)
+                .args(["--api-socket", self.socket.to_str().unwrap(), "status"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if up {
+                // Node addresses are written right after start; wait for them.
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(child);
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                bail!("{name} exited ({st}); log:\n{}", log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("{name} did not come up; log:\n{}", log_text())
+    }
+}
+
 /// An agent running in a network namespace the caller owns (a node of a
 /// multi-node topology), with its own state, pins, API socket and test
 /// cgroup. Dropping it kills the agent and removes the datapath and files.
@@ -298,38 +326,9 @@ impl NodeAgent {
     pub fn restart(&mut self, ns: &Netns) -> anyhow::Result<()> {
         anyhow::ensure!(ns.path() == self.netns, "an agent stays in its own namespace");
         self.agent = None;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut args: Vec<&str> = vec![
-            "agent",
-            "--state-dir",
-            self.state_dir.to_str().unwrap(),
-            "--cgroup",
-            self.cgroup.path().to_str().unwrap(),
-            "--bpffs",
-            self.pin_dir.to_str().unwrap(),
-            "--api-socket",
-            self.socket.to_str().unwrap(),
-            "--node-addr-refresh",
-            "0.2",
-            "--service-cidr",
-            "198.19.128.0/17",
-        ];
-        args.extend(self.args.iter().map(String::as_str));
-        self.agent = Some(sluice_testbed::proc::spawn_in_logged(Some(ns), None, &self.sluice, &args, log)?);
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if self.cli(&["status"]).map(|o| o.status.success()).unwrap_or(false) {
-                std::thread::sleep(Duration::from_millis(300));
-                return Ok(());
-            }
-            if let Some(a) = self.agent.as_mut() {
-                if let Ok(Some(st)) = a.try_wait() {
-                    bail!("agent {} exited ({st}); log:\n{}", self.name, self.log_text());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("agent {} did not come up; log:\n{}", self.name, self.log_text())
+        let spec = AgentSpec { state_dir: &self.state_dir, cgroup: &self.cgroup, pin_dir: &self.pin_dir, socket: &self.socket, log: &self.log };
+        self.agent = Some(spec.start(&self.sluice, ns, &self.args, &self.name)?);
+        Ok(())
     }
 
     pub fn log_text(&self) -> String {
