@@ -26,6 +26,11 @@
 //! `--xdp native`). A contender that cannot be set up, or that forwards
 //! nothing, is reported as such; the others are still measured.
 //!
+//! The client's and the pod's transmit checksum offload is off and GRO is on
+//! at every veth end (what XDP needs: full checksums, NAPI at the receiver of
+//! redirected frames) for every contender alike, so that node1's datapath is
+//! the only difference.
+//!
 //! Rounds (pps then a share of the latency samples) repeat per contender;
 //! contenders run one after the other (loading 10,000 services into nft
 //! takes a minute, so switching between them per round is not sensible),
@@ -162,6 +167,8 @@ struct Row {
     status: String,
     /// Loading the rules / starting the agent and applying the services.
     setup_ms: Option<f64>,
+    /// BPF programs on node1's eth0 while the contender ran (bpftool).
+    attached: String,
     pps: Option<Pps>,
     latency: Option<Latency>,
     /// The same client's connections to a server on node2 straight over
@@ -479,8 +486,9 @@ impl Bed {
     }
 }
 
-/// BPF programs attached to `dev` in `ns` (tc, tcx, xdp), as bpftool lists
-/// them; empty if none (or bpftool is missing).
+/// BPF programs attached to `dev` in `ns`: XDP and classic tc as bpftool
+/// lists them, and tcx by asking the kernel (Debian 12's bpftool 7.1
+/// predates tcx). Empty if none.
 fn attached(ns: &Netns, dev: &str) -> String {
     let out = ns.run("bpftool", &["-j", "net", "show", "dev", dev]).unwrap_or_default();
     let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
@@ -492,7 +500,35 @@ fn attached(ns: &Netns, dev: &str) -> String {
             }
         }
     }
+    let dev_c = std::ffi::CString::new(dev).expect("device name");
+    let tcx = ns.try_enter(|| {
+        // SAFETY: if_nametoindex reads a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(dev_c.as_ptr()) };
+        [("tcx_ingress", 46u32), ("tcx_egress", 47u32)].map(|(name, attach_type)| (name, tcx_count(ifindex, attach_type)))
+    });
+    for (name, n) in tcx.into_iter().flatten() {
+        match n {
+            Some(n) if n > 0 => found.push(format!("{name}: {n} program(s)")),
+            _ => {}
+        }
+    }
     found.join(", ")
+}
+
+/// How many programs are attached at `attach_type` (BPF_TCX_INGRESS = 46,
+/// BPF_TCX_EGRESS = 47) of `ifindex` (in the calling thread's network
+/// namespace): BPF_PROG_QUERY without an id buffer. None if the kernel
+/// refuses (tcx needs Linux 6.6).
+fn tcx_count(ifindex: u32, attach_type: u32) -> Option<u32> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    // union bpf_attr's `query`: target_ifindex at 0, attach_type at 4,
+    // prog_ids at 16 (0: no buffer), prog_cnt at 24 (out); 64 bytes.
+    let mut attr = [0u8; 64];
+    attr[0..4].copy_from_slice(&ifindex.to_ne_bytes());
+    attr[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    // SAFETY: bpf(2) reads and writes at most the 64 bytes we pass.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), attr.len() as u32) };
+    (r == 0).then(|| u32::from_ne_bytes(attr[24..28].try_into().unwrap()))
 }
 
 /// Does `to` answer a TCP request from the client (3 tries, 1 s each)?
@@ -639,6 +675,7 @@ pub fn run(args: NodePortArgs) -> anyhow::Result<()> {
                 contender: c,
                 status: String::new(),
                 setup_ms: None,
+                attached: String::new(),
                 pps: None,
                 latency: None,
                 ref_latency: None,
@@ -657,7 +694,12 @@ pub fn run(args: NodePortArgs) -> anyhow::Result<()> {
                 }
                 Ok((active, ms)) => {
                     row.setup_ms = Some(ms);
-                    eprintln!("   {:<10} set up in {ms:.0} ms", c.name());
+                    row.attached = attached(bed.node1(), EXTERNAL_DEV);
+                    eprintln!(
+                        "   {:<10} set up in {ms:.0} ms; on node1's {EXTERNAL_DEV}: {}",
+                        c.name(),
+                        if row.attached.is_empty() { "no BPF program" } else { &row.attached }
+                    );
                     settle();
                     let r = measure(&bed, c, &args, &mut row);
                     bed.teardown(active)?;
