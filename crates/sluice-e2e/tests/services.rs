@@ -256,14 +256,14 @@ fn agent_restart_keeps_connections_and_service_and_leaks_nothing() {
     assert!(out.status.success(), "held connection failed: {text} {}", String::from_utf8_lossy(&out.stderr));
     assert!(!text.contains("\"error\":\"") && text.lines().count() >= 20, "{text}");
     // Nothing duplicated or leaked: same map contents, eight cgroup links
-    // (device links live in links/pod and links/host), and eight socket
-    // programs plus the four device programs pinned.
+    // (device links live in links/pod, links/host and links/xdp), and eight
+    // socket programs plus the four tcx device programs and the XDP one pinned.
     let dump_after = env.ok(&["bpf", "lb", "list", "--bpffs", env.pin_dir().to_str().unwrap()]);
     assert_eq!(dump_after, dump_before);
     let links = std::fs::read_dir(env.pin_dir().join("links")).unwrap().filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file()).count();
     assert_eq!(links, 8);
     let progs = std::fs::read_dir(env.pin_dir().join("progs")).unwrap().count();
-    assert_eq!(progs, 12);
+    assert_eq!(progs, 13);
     let o = std::process::Command::new("bpftool").args(["cgroup", "show", env.cgroup.path().to_str().unwrap()]).output().unwrap();
     let attached = String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("sl_")).count();
     assert_eq!(attached, 8, "{}", String::from_utf8_lossy(&o.stdout));
