@@ -37,7 +37,7 @@ pub const LEGACY_MAPS: &[&str] = &["sl_metrics_v1"];
 
 /// Programs of pod and node devices, pinned under `<pin_dir>/progs/` and
 /// attached per device through [`crate::pod::PodDatapath`].
-pub const DEVICE_PROGRAMS: &[&str] = &["sl_from_pod", "sl_to_pod", "sl_host_ingress", "sl_host_egress"];
+pub const DEVICE_PROGRAMS: &[&str] = &["sl_from_pod", "sl_to_pod", "sl_host_ingress", "sl_host_egress", "sl_host_xdp"];
 
 /// Programs and the link pin each is attached through.
 pub const PROGRAMS: &[&str] = &[

@@ -185,7 +185,16 @@ fn simulate_reads_the_kernel_maps() {
 fn table_sizes_apply_and_a_pinned_size_is_kept_and_reported() {
     use sluice_datapath::loader::{pinned_table_sizes, TableSizes};
     require_root();
-    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/sluice-sizing-{}", std::process::id()));
+    // Under the prefix scripts/test.sh checks for leftovers; removed even
+    // if an assertion fails.
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = sluice_datapath::uninstall(&self.0);
+        }
+    }
+    let pins = Pins(std::path::PathBuf::from(format!("/sys/fs/bpf/sluice-e2e-sizing-{}", std::process::id())));
+    let pin_dir = pins.0.clone();
     let cookie = sluice_datapath::fsutil::netns_cookie().unwrap();
     let sizes = TableSizes { ct_max: 1000, nat_max: 3000 };
     let (_, _, warnings) = sluice_datapath::pod::install_devices_with(&pin_dir, cookie, 251, &sizes).unwrap();
@@ -198,6 +207,8 @@ fn table_sizes_apply_and_a_pinned_size_is_kept_and_reported() {
     assert_eq!(pinned_table_sizes(&pin_dir), (Some(1000), Some(3000)));
 
     sluice_datapath::uninstall(&pin_dir).unwrap();
+    assert!(!pin_dir.exists(), "uninstall removes the whole pin directory");
+    drop(pins);
     assert!(TableSizes { ct_max: 0, nat_max: 1 }.validate().is_err());
     assert!(TableSizes { ct_max: 1, nat_max: (16 << 20) + 1 }.validate().is_err());
     assert!(TableSizes { ct_max: 100_000, nat_max: 16 << 20 }.validate().is_ok());
