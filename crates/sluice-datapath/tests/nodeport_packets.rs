@@ -395,10 +395,10 @@ fn xdp_forwards_snat_flows_and_replies_and_leaves_the_rest_to_tc() {
             let front = sock(node(v6), 30080);
             let input = Pkt::new(&c.to_string(), &front.to_string(), proto).macs(EXT_MAC, ROUTER_MAC);
             // XDP sends it back out of ext0 (the other node is behind it):
-            // XDP_TX, translated exactly as tc would.
+            // a redirect, translated exactly as tc would.
             let ifindex = nix::net::if_::if_nametoindex("ext0").unwrap();
             let r = d.run_xdp(&input.build(), ifindex).unwrap();
-            assert_eq!(xdp_name(r.verdict), "XDP_TX", "{l}");
+            assert_eq!(xdp_name(r.verdict), "XDP_REDIRECT", "{l}");
             let p = parse_and_verify(&r.packet).unwrap_or_else(|e| panic!("xdp-snat-{l}: {e}"));
             assert_eq!(p.dst, remote, "{l}");
             assert_eq!(p.src.ip(), ip(node(v6)), "{l}");
@@ -409,7 +409,7 @@ fn xdp_forwards_snat_flows_and_replies_and_leaves_the_rest_to_tc() {
             // The reply, at XDP.
             let reply = Pkt::new(&remote.to_string(), &p.src.to_string(), proto).macs(EXT_MAC, OTHER_NODE_MAC);
             let expected = reply.clone().with_dst(c).with_src(front).macs(ROUTER_MAC, EXT_MAC);
-            xdp(&d, &format!("xdp-snat-reply-{l}"), &reply.build(), XDP_TX, Some(&expected.build()));
+            xdp(&d, &format!("xdp-snat-reply-{l}"), &reply.build(), XDP_REDIRECT, Some(&expected.build()));
 
             // A local backend: left to tc, untouched.
             node_port(&d, 60 + i as u32, v6, proto, 0, sock(local_pod(v6), 8080));
@@ -442,7 +442,7 @@ fn xdp_forwards_dsr_packets_without_the_option_and_passes_the_ones_with_it() {
         // The rest of the TCP flow: XDP.
         let ack = Pkt::tcp(&c.to_string(), &front.to_string()).macs(EXT_MAC, ROUTER_MAC);
         let expected = ack.clone().with_dst(remote).macs(OTHER_NODE_MAC, EXT_MAC);
-        xdp(&d, "xdp-dsr-ack", &ack.build(), XDP_TX, Some(&expected.build()));
+        xdp(&d, "xdp-dsr-ack", &ack.build(), XDP_REDIRECT, Some(&expected.build()));
         // UDP always carries it: tc's.
         let udp = Pkt::udp(&c.to_string(), &front.to_string()).macs(EXT_MAC, ROUTER_MAC);
         xdp(&d, "xdp-dsr-udp", &udp.build(), XDP_PASS, None);
