@@ -23,7 +23,7 @@ TMP=$(mktemp -d /tmp/$ID.XXXX)
 PINS=/sys/fs/bpf/$ID
 CG=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)/$ID
 SOCK=$TMP/agent.sock
-NS=(node client be1 be2 be3)
+NS=(node client be1 be2 be3 outside)
 PIDS=()
 
 cleanup() {
@@ -43,15 +43,22 @@ trap 'exit 130' INT TERM
 in_pod() { local n=$1; shift; sh -c 'echo $$ > "$0/cgroup.procs"; shift; exec "$@"' "$CG" x nsenter --net="/run/netns/$ID-$n" "$@"; }
 sl() { "$S" --api-socket "$SOCK" "$@"; }
 
-step "topology: a node namespace and four empty pod namespaces (client, be1-3)"
+step "topology: a node namespace, four empty pod namespaces (client, be1-3), and a host outside the node"
 for n in "${NS[@]}"; do ip netns add "$ID-$n"; ip -n "$ID-$n" link set lo up; done
 ip netns exec "$ID-node" sysctl -qw net.ipv4.ip_forward=1
 ip -n "$ID-node" addr add 198.18.255.1/32 dev lo
+# The node's external device ext0 (192.0.2.1) and the outside host (192.0.2.2) on it.
+ip -n "$ID-node" link add ext0 type veth peer name eth0 netns "$ID-outside"
+ip -n "$ID-node" addr add 192.0.2.1/24 dev ext0
+ip -n "$ID-node" link set ext0 up
+ip -n "$ID-outside" addr add 192.0.2.2/24 dev eth0
+ip -n "$ID-outside" link set eth0 up
+ip -n "$ID-outside" route add default via 192.0.2.1
 mkdir "$CG"
 
-step "sluice agent (in the node namespace; pods from 198.18.64.0/24; hooks on cgroup $CG)"
+step "sluice agent (in the node namespace; pods from 198.18.64.0/24; hooks on cgroup $CG; external device ext0)"
 nsenter --net="/run/netns/$ID-node" "$S" agent --state-dir "$TMP/state" --cgroup "$CG" --bpffs "$PINS" --api-socket "$SOCK" \
-    --pod-cidr 198.18.64.0/24 --pod-cidr fd00:5c:64::/112 2> "$TMP/agent.log" &
+    --pod-cidr 198.18.64.0/24 --pod-cidr fd00:5c:64::/112 --external-dev ext0 --node-name demo-node 2> "$TMP/agent.log" &
 PIDS+=($!)
 for _ in $(seq 100); do sl status >/dev/null 2>&1 && break; sleep 0.1; done
 sl status | head -n 4
@@ -108,8 +115,9 @@ apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: demo}
 spec:
+  type: NodePort
   clusterIP: 198.19.0.1
-  ports: [{name: http, port: 80, targetPort: 8080}]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -120,9 +128,9 @@ metadata:
 addressType: IPv4
 ports: [{name: http, port: 8080}]
 endpoints:
-- addresses: [${IP[be1]}]
-- addresses: [${IP[be2]}]
-- addresses: [${IP[be3]}]
+- {addresses: [${IP[be1]}], nodeName: demo-node}
+- {addresses: [${IP[be2]}], nodeName: demo-node}
+- {addresses: [${IP[be3]}], nodeName: demo-node}
 YAML
 sed 's/^/  /' "$TMP/web.yaml"
 echo "\$ sluice apply -f web.yaml"
@@ -137,6 +145,11 @@ step "the same from a process outside the hooks' cgroup (translated per packet a
 nsenter --net="/run/netns/$ID-client" "$PROBE" connect --to 198.19.0.1:80 --count 30 --summary
 echo "\$ sluice bpf ct list --port 80 | tail -n 3"
 sl bpf ct list --bpffs "$PINS" --port 80 | tail -n 3
+
+step "from the host outside the node to the node port 192.0.2.1:30080 (balanced per packet at ext0)"
+echo "\$ sluice lb simulate --src 192.0.2.2:40000 --dst 192.0.2.1:30080 --proto tcp"
+sl lb simulate --bpffs "$PINS" --src 192.0.2.2:40000 --dst 192.0.2.1:30080 --proto tcp | sed 's/^/  /'
+nsenter --net="/run/netns/$ID-outside" "$PROBE" connect --to 192.0.2.1:30080 --count 30 --summary
 
 step "remove be3 from the EndpointSlice"
 sed -i "/${IP[be3]}]/d" "$TMP/web.yaml"

@@ -454,6 +454,23 @@ fn attached_names(pin_dir: &Path, kind: DevKind) -> Vec<String> {
     out
 }
 
+/// The pod devices with pinned links, by ifindex: names as the agent's
+/// network namespace knows them (the caller may be in another one).
+pub fn pod_device_names(pin_dir: &Path) -> std::collections::HashMap<u32, String> {
+    let mut out = std::collections::HashMap::new();
+    for ifname in attached_names(pin_dir, DevKind::Pod) {
+        let pin = device_link_pin(pin_dir, DevKind::Pod, &ifname, "ingress");
+        if let Ok(link) = obj_get(&pin) {
+            if let Some((ifindex, _)) = tcx_link_target(link.as_fd()) {
+                if ifindex != 0 {
+                    out.insert(ifindex, ifname);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Swap freshly loaded programs into every device link pinned under
 /// `pin_dir` (called by install after the programs are pinned). Pins whose
 /// device is gone are removed.

@@ -31,6 +31,9 @@ pub struct KernelSim {
     affm: MapHandle,
     ep: MapHandle,
     ct: MapHandle,
+    /// Pod device names by ifindex, from the pinned links (the agent's
+    /// namespace, which need not be the caller's).
+    devices: std::collections::HashMap<u32, String>,
 }
 
 fn checked<K, V>(get: &dyn Fn(&str) -> Result<MapHandle, DatapathError>, name: &str) -> Result<MapHandle, DatapathError> {
@@ -47,21 +50,12 @@ fn c_addr(a: IpAddr) -> sl_addr {
     sl_addr { b: addr_octets(a) }
 }
 
-fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
-    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
-}
-
 impl KernelSim {
     /// The maps pinned under `pin_dir`.
     pub fn open(pin_dir: &Path) -> Result<KernelSim, DatapathError> {
-        Self::from_source(&|name| open_pinned(pin_dir, name))
+        let mut s = Self::from_source(&|name| open_pinned(pin_dir, name))?;
+        s.devices = crate::pod::pod_device_names(pin_dir);
+        Ok(s)
     }
 
     /// The maps as `get` finds them by name (tests: an unpinned load).
@@ -77,6 +71,7 @@ impl KernelSim {
             affm: checked::<sl_affinity_match_key, u32>(get, "sl_lb_affm_v1")?,
             ep: checked::<sl_addr, sl_ep_val>(get, EP_MAP)?,
             ct: checked::<sl_ct_key, sl_ct_val>(get, CT_MAP)?,
+            devices: Default::default(),
         })
     }
 }
@@ -115,7 +110,7 @@ impl SimSource for KernelSim {
     fn endpoint(&self, a: IpAddr) -> Result<Option<SimEndpoint>, SimError> {
         Ok(lookup(&self.ep, c_addr(a).as_bytes(), "endpoints")?
             .and_then(|v| sl_ep_val::from_bytes(&v))
-            .map(|e| SimEndpoint { id: e.id, host_ifindex: e.host_ifindex, host_ifname: ifname(e.host_ifindex) }))
+            .map(|e| SimEndpoint { id: e.id, host_ifindex: e.host_ifindex, host_ifname: self.devices.get(&e.host_ifindex).cloned() }))
     }
 
     fn node_cfg(&self) -> Result<SimNodeCfg, SimError> {
