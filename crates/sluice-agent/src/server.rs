@@ -252,7 +252,9 @@ fn cni_error(e: CniErr) -> Response {
 }
 
 /// CNI requests and endpoint listings: they take the pods lock, and the
-/// core lock only after releasing it.
+/// core lock only after releasing it. Any other request is handed back
+/// (`Err`) for the core's handler: moved, not copied, once per request.
+#[allow(clippy::result_large_err)]
 fn handle_pods(shared: &Shared, req: Request) -> Result<Response, Request> {
     let t0 = Instant::now();
     let resp = match req {

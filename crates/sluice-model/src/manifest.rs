@@ -35,7 +35,7 @@ impl Kind {
         }
     }
 
-    pub fn from_str(s: &str) -> Option<Kind> {
+    pub fn parse(s: &str) -> Option<Kind> {
         match s {
             "Service" => Some(Kind::Service),
             "EndpointSlice" => Some(Kind::EndpointSlice),
@@ -153,7 +153,7 @@ pub fn from_value(origin: &Origin, raw: Value) -> Result<Manifest, Vec<ManifestE
         Some(_) => return Err(one("kind", "must be a string".into())),
         None => return Err(one("kind", "is required".into())),
     };
-    let kind = Kind::from_str(&kind_s).ok_or_else(|| {
+    let kind = Kind::parse(&kind_s).ok_or_else(|| {
         one("kind", format!("unknown kind {kind_s:?}: Sluice accepts Service (v1), EndpointSlice (discovery.k8s.io/v1) and Pod (v1, for its labels)"))
     })?;
     match raw.get("apiVersion").and_then(Value::as_str) {

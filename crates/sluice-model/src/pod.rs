@@ -18,10 +18,10 @@ impl Pod {
         self.metadata.check(c);
         for (k, v) in &self.metadata.labels {
             if let Err(why) = label_key(k) {
-                c.err(&format!("metadata.labels[{k:?}]"), format!("invalid label key: {why}"));
+                c.err(format!("metadata.labels[{k:?}]"), format!("invalid label key: {why}"));
             }
             if let Err(why) = label_value(v) {
-                c.err(&format!("metadata.labels[{k:?}]"), format!("invalid label value {v:?}: {why}"));
+                c.err(format!("metadata.labels[{k:?}]"), format!("invalid label value {v:?}: {why}"));
             }
         }
     }
