@@ -105,7 +105,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let maps = KernelMaps::open(&cfg.pin_dir)?;
     let podnet = KernelPodNet::new(&cfg.pin_dir).map_err(|e| anyhow::anyhow!("opening the pod datapath: {e}"))?;
-    configure_node(&cfg, podnet.datapath())?;
+    let node_warnings = configure_node(&cfg, podnet.datapath())?;
     let (mut pods, pod_warnings) =
         Pods::new(store.clone(), &cfg.pod_cidrs, podnet).map_err(|e| anyhow::anyhow!("loading pod endpoints: {e}"))?;
     pods.set_fail_point(cfg.fail_point.clone());
@@ -141,7 +141,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         started: Instant::now(),
         sockets: Mutex::new(SocketLog::default()),
         ct_gc: Mutex::new(None),
-        warnings: report.warnings.clone(),
+        warnings: report.warnings.iter().chain(&node_warnings).cloned().collect(),
     });
     if !cfg.ct_gc_interval.is_zero() {
         spawn_ct_gc(shared.clone())?;
@@ -181,8 +181,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pod datapath's node settings, and its programs on the external devices.
-fn configure_node(cfg: &AgentConfig, dp: &sluice_datapath::pod::PodDatapath) -> anyhow::Result<()> {
+/// The pod datapath's node settings, and its programs on the external
+/// devices. Returns warnings for `sluice status` (an XDP fallback).
+fn configure_node(cfg: &AgentConfig, dp: &sluice_datapath::pod::PodDatapath) -> anyhow::Result<Vec<String>> {
+    let mut warnings = Vec::new();
     let mut masq_ip4 = None;
     let mut masq_ip6 = None;
     for dev in &cfg.external_devs {
@@ -203,10 +205,20 @@ fn configure_node(cfg: &AgentConfig, dp: &sluice_datapath::pod::PodDatapath) -> 
         }
         dp.attach_host(dev, ifindex).with_context(|| format!("attaching to external device {dev}"))?;
         match cfg.xdp {
-            Some(mode) => {
-                let state = dp.attach_xdp(dev, ifindex, mode).with_context(|| format!("--xdp {mode:?} on {dev}"))?;
-                info!(device = %dev, ifindex, xdp = ?mode, state, "external device attached (tcx and XDP)");
-            }
+            Some(mode) => match dp.attach_xdp(dev, ifindex, mode) {
+                Ok(state) => info!(device = %dev, ifindex, xdp = ?mode, state, "external device attached (tcx and XDP)"),
+                // A device without native XDP: the tcx programs do the
+                // same translation, only later (after the skb exists).
+                Err(e) if mode == sluice_datapath::pod::XdpMode::Native && e.to_string().contains("no native XDP") => {
+                    let w = format!(
+                        "{dev}: no native XDP in its driver, so NodePort traffic is translated at tc only \
+                         (same result, later in the stack); --xdp generic would attach XDP in generic mode, which is no faster than tc"
+                    );
+                    warn!("{w}");
+                    warnings.push(w);
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("--xdp {mode:?} on {dev}"))),
+            },
             None => {
                 if dp.detach_xdp(dev)? {
                     info!(device = %dev, "XDP detached (--xdp off)");
@@ -244,7 +256,7 @@ fn configure_node(cfg: &AgentConfig, dp: &sluice_datapath::pod::PodDatapath) -> 
     if cfg.masquerade {
         info!(ipv4 = ?masq_ip4, ipv6 = ?masq_ip6, ports = ?cfg.snat_ports, "masquerading pod traffic");
     }
-    Ok(())
+    Ok(warnings)
 }
 
 fn cni_error(e: CniErr) -> Response {

@@ -577,3 +577,21 @@ fn clusterip_from_outside_is_not_served() {
     assert!(t0.elapsed() >= Duration::from_millis(500));
     assert!(c.agent(NodeId::Node1).metric("clusterip_from_outside") >= 1);
 }
+
+/// `--xdp native` on a device whose driver has no native XDP (a bridge):
+/// the agent stays at tc for it and says so, in its log and `sluice status`.
+#[test]
+fn xdp_native_without_driver_support_falls_back_to_tc_and_says_so() {
+    require_root();
+    let ns = Netns::new("sl-np-noxdp").unwrap();
+    ns.ip_batch(&["link add br-ext type bridge", "link set br-ext up", "addr add 192.0.2.1/24 dev br-ext"]).unwrap();
+    let a = NodeAgent::start(&ns, "np-noxdp", &["--external-dev", "br-ext", "--xdp", "native", "--node-name", "n"]).unwrap();
+    let st = a.ok(&["status"]);
+    assert!(st.contains("WARNING") && st.contains("br-ext: no native XDP"), "{st}");
+    assert!(a.log_text().contains("no native XDP"), "{}", a.log_text());
+    // The tcx programs are on the device.
+    let o = ns.run("bpftool", &["net", "show", "dev", "br-ext"]).unwrap_or_default();
+    let links = std::fs::read_dir(a.pin_dir.join("links").join("host")).unwrap().count();
+    assert_eq!(links, 2, "tcx ingress and egress pinned for br-ext: {o}");
+    assert!(!a.pin_dir.join("links").join("xdp").join("br-ext_v1").exists());
+}
