@@ -67,7 +67,7 @@ pub const XDP_PROGRAM: &str = "sl_host_xdp";
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// In the driver (`XDP_FLAGS_DRV_MODE`): refused by devices without
-    /// native XDP support.
+    /// native XDP support (the agent then stays at tc and warns).
     Native,
     /// Generic XDP (`XDP_FLAGS_SKB_MODE`): any device, after the skb is
     /// allocated; for testing and devices without driver support.

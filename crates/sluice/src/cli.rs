@@ -141,9 +141,10 @@ struct AgentArgs {
     /// other nodes included.
     #[arg(long = "external-dev", value_name = "DEV")]
     external_devs: Vec<String>,
-    /// XDP fast path on the external devices: `native` (in the driver;
-    /// refused by devices without XDP support), `generic` (any device,
-    /// after the skb is made: no faster than tc, for testing) or `off`.
+    /// XDP fast path on the external devices: `native` (in the driver; a
+    /// device whose driver has none stays at tc, with a warning in the log
+    /// and `sluice status`), `generic` (any device, after the skb is made:
+    /// no faster than tc, for testing) or `off`.
     /// XDP forwards NodePort flows to remote backends and their replies;
     /// everything else goes on to the tcx programs.
     #[arg(long, value_name = "MODE", default_value = "off", value_parser = parse_xdp, requires = "external_devs")]
