@@ -58,6 +58,12 @@ impl KernelSim {
         Ok(s)
     }
 
+    /// Names of pod host devices by ifindex (from the agent's endpoint
+    /// list: the devices live in its network namespace).
+    pub fn add_device_names(&mut self, names: impl IntoIterator<Item = (u32, String)>) {
+        self.devices.extend(names);
+    }
+
     /// The maps as `get` finds them by name (tests: an unpinned load).
     pub fn from_source(get: &dyn Fn(&str) -> Result<MapHandle, DatapathError>) -> Result<KernelSim, DatapathError> {
         use crate::skel::types::{sl_affinity_match_key, sl_node_addr_val};

@@ -145,7 +145,7 @@ fn tcp_between_pods_through_redirect_peer_and_a_service() {
     node.enter(|| pd.attach(&a.host_dev, a.entry.host_ifindex)).unwrap();
     let mut want = vec![a.host_dev.clone(), b.host_dev.clone()];
     want.sort();
-    assert_eq!(pd.attached(), want);
+    assert_eq!(node.enter(|| pd.attached()), want);
 
     let before = metric(&pin_dir, "pod_redirect_peer");
     for dst in [to_b4, SocketAddr::new(b.ip6, 8080)] {
@@ -157,11 +157,15 @@ fn tcp_between_pods_through_redirect_peer_and_a_service() {
     assert!(moved >= 10, "pod_redirect_peer moved by {moved}");
 
     // An agent restart loads the programs again: the pinned maps are
-    // reused and the new programs swapped into every pinned device link.
+    // reused, and attaching again (as the agent does for every endpoint it
+    // knows) replaces the programs of the pods' tc filters in place.
     let (adopted, links) = install_devices(&pin_dir, cookie).expect("installing again");
     assert!(adopted.iter().any(|m| m == "sl_ep_v1"), "{adopted:?}");
-    assert_eq!(links.len(), 4, "{links:?}");
-    assert!(links.iter().all(|l| l.state == "adopted"), "{links:?}");
+    assert!(links.is_empty(), "pod devices have tc filters, not pinned links: {links:?}");
+    for p in [&a, &b] {
+        node.enter(|| pd.attach(&p.host_dev, p.entry.host_ifindex)).unwrap();
+    }
+    assert_eq!(node.enter(|| pd.attached()), want);
     assert_eq!(pd.endpoints().unwrap().len(), 4);
     let before = metric(&pin_dir, "pod_redirect_peer");
     echo_from(&a, to_b4, Duration::from_secs(3)).expect("pod A to pod B after the restart");
@@ -186,12 +190,12 @@ fn tcp_between_pods_through_redirect_peer_and_a_service() {
     assert!(metric(&pin_dir, "svc_dnat") > dnat);
     assert!(metric(&pin_dir, "svc_rev_dnat") > 0);
 
-    // Detach: the pins go, the pods are cut off again.
+    // Detach: the filters go, the pods are cut off again.
     for p in [&a, &b] {
-        pd.detach(&p.host_dev).unwrap();
+        node.enter(|| pd.detach(&p.host_dev)).unwrap();
     }
-    pd.detach(&a.host_dev).unwrap(); // nothing there: Ok
-    assert!(pd.attached().is_empty());
+    node.enter(|| pd.detach(&a.host_dev)).unwrap(); // nothing there: Ok
+    assert!(node.enter(|| pd.attached()).is_empty());
     assert!(echo_from(&a, to_b4, Duration::from_millis(500)).is_err(), "still connected after detach");
 
     drop(a);

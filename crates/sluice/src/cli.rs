@@ -421,7 +421,7 @@ pub fn main() -> anyhow::Result<i32> {
         Cmd::Bpf(BpfCmd::Ep(BpfListCmd::List(b))) => bpf_ep_list(&b),
         Cmd::Bpf(BpfCmd::Ct(BpfFilteredCmd::List(f))) => bpf_ct_list(&f),
         Cmd::Bpf(BpfCmd::Nat(BpfFilteredCmd::List(f))) => bpf_nat_list(&f),
-        Cmd::Lb(LbCmd::Simulate(a)) => lb_simulate(&a),
+        Cmd::Lb(LbCmd::Simulate(a)) => lb_simulate(&sock, &a),
         Cmd::Status(o) => status(&sock, o.output),
         Cmd::Socket(SocketCmd::Kill(k)) => socket_kill(k),
         Cmd::Socket(SocketCmd::Events(o)) => socket_events(&sock, o.output),
@@ -830,13 +830,18 @@ fn bpf_lb_list(b: &BpfArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn lb_simulate(a: &SimulateArgs) -> anyhow::Result<i32> {
+fn lb_simulate(sock: &Path, a: &SimulateArgs) -> anyhow::Result<i32> {
     use sluice_lb::simulate::{flow_from_args, simulate, Origin};
     let (tuple, picked) = flow_from_args(&a.src, &a.dst, &a.proto).map_err(|e| anyhow::anyhow!(e))?;
     if !a.bpffs.join("maps").is_dir() {
         bail!("no datapath pinned under {} (is the agent installed? see --bpffs)", a.bpffs.display());
     }
-    let maps = sluice_datapath::simulate::KernelSim::open(&a.bpffs).context("opening the pinned maps")?;
+    let mut maps = sluice_datapath::simulate::KernelSim::open(&a.bpffs).context("opening the pinned maps")?;
+    // Pod device names live in the agent's network namespace; the agent
+    // knows them (without it, devices are shown by ifindex only).
+    if let Ok(Response::Endpoints { items }) = request(sock, &Request::Endpoints) {
+        maps.add_device_names(items.into_iter().map(|e| (e.host_ifindex, e.host_ifname)));
+    }
     let from = match a.from {
         SimFrom::Outside => Origin::Outside,
         SimFrom::Pod => Origin::Pod,
