@@ -11,7 +11,7 @@
 //! commit has stored nothing; at its next start it removes every host
 //! device of Sluice's naming (`sl` and 12 hex digits) that no record owns,
 //! which takes the pod's end and its addresses along, and every datapath
-//! entry and link pin no record owns. So nothing leaks and no address is
+//! entry and datapath attachment no record owns. So nothing leaks and no address is
 //! handed out twice; the runtime's DEL or a new ADD then finds a clean
 //! slate. (Records in state `creating`, which older agents wrote, are
 //! undone the same way.) DEL removes the kernel side before it forgets the
@@ -75,7 +75,7 @@ pub trait PodNet {
     fn delete_endpoint(&mut self, ip: IpAddr) -> Result<(), String>;
     /// Addresses in the datapath's endpoint map.
     fn endpoint_ips(&mut self) -> Result<Vec<IpAddr>, String>;
-    /// Host devices with pod datapath link pins.
+    /// Host devices with the pod datapath attached.
     fn attached(&mut self) -> Vec<String>;
     /// Host devices named as Sluice names them ([`is_host_ifname`]).
     fn host_links(&mut self) -> Result<Vec<String>, String>;
@@ -412,9 +412,8 @@ impl<N: PodNet> Pods<N> {
         for ip in &r.ips {
             self.net.delete_endpoint(*ip)?;
         }
-        // The device first: removing it detaches its links in one go,
-        // which is far cheaper than detaching each link (an RCU grace
-        // period apiece); the pins go after.
+        // The device first: its tc filters go with it; detach then only
+        // cleans up what an earlier version pinned.
         self.net.teardown(&r.host_ifname)?;
         self.net.detach(&r.host_ifname)?;
         let mut writes = vec![(Table::Endpoints, r.attachment.to_string(), None)];
