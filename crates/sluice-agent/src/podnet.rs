@@ -14,7 +14,7 @@
 //!  eth0: 10.244.0.5/32, fd00::5/128    veth    slXXXXXXXXXXXX: 10.244.0.1/32 (the gateway), fe80::1/64
 //!  10.244.0.1 dev eth0 scope link  <-------->  route 10.244.0.5/32 dev slXXXX
 //!  default via 10.244.0.1                      route fd00::5/128 dev slXXXX
-//!  ::/0 via fe80::1 dev eth0                   tc ingress sl_from_pod, tc egress sl_to_pod  
+//!  ::/0 via fe80::1 dev eth0                   tc ingress sl_from_pod, tc egress sl_to_pod
 //! ```
 
 use std::fs::File;
