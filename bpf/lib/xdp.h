@@ -24,6 +24,30 @@
 #include "nodeport.h"
 #include "pkt.h"
 
+/*
+ * Update the checksum at @off for the @n bytes (a multiple of 4) @from
+ * becoming @to. @udp: a UDP checksum, where 0 means "none" (IPv4) and a
+ * computed 0 is sent as 0xffff.
+ */
+static __always_inline int sl_xdp_csum(struct xdp_md *ctx, __u32 off, __be32 *from, __be32 *to,
+				       __u32 n, bool udp)
+{
+	__u16 c;
+	__s64 d;
+
+	if (bpf_xdp_load_bytes(ctx, off, &c, 2))
+		return -1;
+	if (udp && c == 0)
+		return 0;
+	d = bpf_csum_diff(from, n, to, n, (__u16)~c);
+	if (d < 0)
+		return -1;
+	c = sl_csum_fold((__u64)d);
+	if (udp && c == 0)
+		c = 0xffff;
+	return bpf_xdp_store_bytes(ctx, off, &c, 2) ? -1 : 0;
+}
+
 /* Replace the source (@src) or destination address and port of a TCP/UDP
  * packet, with the IPv4 header and L4 checksums. Updates @p. */
 static __always_inline int sl_xdp_rewrite(struct xdp_md *ctx, struct sl_pkt *p, bool src,
@@ -32,41 +56,22 @@ static __always_inline int sl_xdp_rewrite(struct xdp_md *ctx, struct sl_pkt *p, 
 	union sl_addr *old = src ? &p->saddr : &p->daddr;
 	__be16 *old_port = src ? &p->sport : &p->dport;
 	__u32 csum_off = sl_l4_csum_off(p);
+	bool udp = p->proto == IPPROTO_UDP_;
 	__be32 ow[5] = {}, nw[5] = {};
-	__u16 c;
-	__s64 d;
 
 	if (!p->v6) {
 		__u32 off = ETH_HLEN_ + (src ? offsetof(struct iphdr, saddr) : offsetof(struct iphdr, daddr));
 
 		ow[0] = old->w[3];
 		nw[0] = addr->w[3];
-		if (bpf_xdp_load_bytes(ctx, ETH_HLEN_ + offsetof(struct iphdr, check), &c, 2))
-			return -1;
-		d = bpf_csum_diff(&ow[0], 4, &nw[0], 4, (__u16)~c);
-		if (d < 0)
-			return -1;
-		c = sl_csum_fold((__u64)d);
-		if (bpf_xdp_store_bytes(ctx, ETH_HLEN_ + offsetof(struct iphdr, check), &c, 2) ||
-		    bpf_xdp_store_bytes(ctx, off, &nw[0], 4))
-			return -1;
 		/* The port in the upper half of a word: ones' complement
 		 * sums over 16-bit words do not care which word it is. */
 		((__be16 *)&ow[1])[0] = *old_port;
 		((__be16 *)&nw[1])[0] = port;
-		if (bpf_xdp_load_bytes(ctx, csum_off, &c, 2))
+		if (sl_xdp_csum(ctx, ETH_HLEN_ + offsetof(struct iphdr, check), ow, nw, 4, false) ||
+		    bpf_xdp_store_bytes(ctx, off, &nw[0], 4) ||
+		    sl_xdp_csum(ctx, csum_off, ow, nw, 8, udp))
 			return -1;
-		/* UDP over IPv4 may carry no checksum (0): it stays so. */
-		if (!(p->proto == IPPROTO_UDP_ && c == 0)) {
-			d = bpf_csum_diff(ow, 8, nw, 8, (__u16)~c);
-			if (d < 0)
-				return -1;
-			c = sl_csum_fold((__u64)d);
-			if (p->proto == IPPROTO_UDP_ && c == 0)
-				c = 0xffff;
-			if (bpf_xdp_store_bytes(ctx, csum_off, &c, 2))
-				return -1;
-		}
 	} else {
 		__u32 off = ETH_HLEN_ + (src ? offsetof(struct ipv6hdr, saddr) : offsetof(struct ipv6hdr, daddr));
 
@@ -74,16 +79,9 @@ static __always_inline int sl_xdp_rewrite(struct xdp_md *ctx, struct sl_pkt *p, 
 		__builtin_memcpy(nw, addr->w, 16);
 		((__be16 *)&ow[4])[0] = *old_port;
 		((__be16 *)&nw[4])[0] = port;
+		/* No "no checksum" for UDP over IPv6: a 0 is never there. */
 		if (bpf_xdp_store_bytes(ctx, off, &nw[0], 16) ||
-		    bpf_xdp_load_bytes(ctx, csum_off, &c, 2))
-			return -1;
-		d = bpf_csum_diff(ow, 20, nw, 20, (__u16)~c);
-		if (d < 0)
-			return -1;
-		c = sl_csum_fold((__u64)d);
-		if (p->proto == IPPROTO_UDP_ && c == 0)
-			c = 0xffff;
-		if (bpf_xdp_store_bytes(ctx, csum_off, &c, 2))
+		    sl_xdp_csum(ctx, csum_off, ow, nw, 20, udp))
 			return -1;
 	}
 	if (bpf_xdp_store_bytes(ctx, sl_port_off(p, src), &port, 2))

@@ -947,11 +947,7 @@ pub fn install_devices_with(
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let _host_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
     // The pod object has just created or reused the pins: same sizes here.
-    for w in crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)? {
-        if !warnings.contains(&w) {
-            warnings.push(w);
-        }
-    }
+    add_new(&mut warnings, crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)?);
     let host = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the host datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
         source: e,
@@ -966,11 +962,7 @@ pub fn install_devices_with(
     }
     set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
     let _xdp_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
-    for w in crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)? {
-        if !warnings.contains(&w) {
-            warnings.push(w);
-        }
-    }
+    add_new(&mut warnings, crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)?);
     let xdp = open.load().map_err(|e| DatapathError::Bpf {
         what: "loading the XDP datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
         source: e,
@@ -981,6 +973,15 @@ pub fn install_devices_with(
     adopted.sort();
     adopted.dedup();
     Ok((adopted, links, warnings))
+}
+
+/// Append the warnings of `more` not already in `warnings`.
+fn add_new(warnings: &mut Vec<String>, more: Vec<String>) {
+    for w in more {
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
 }
 
 fn set_pin_paths(obj: &mut OpenObject, pin_dir: &Path, adopted: &mut Vec<String>) -> Result<(), DatapathError> {
