@@ -192,11 +192,13 @@ static __always_inline int sl_ct_create(const struct sl_pkt *p, const struct sl_
 }
 
 /*
- * A packet from a pod (client -> frontend): send it to a backend. Existing
- * flows follow their conntrack entry; new ones (or flows whose backend is
- * gone) pick a backend and get a forward and a reverse entry.
+ * The live flow of @p (client -> frontend) whose conntrack entry has every
+ * flag of @need, if its backend still exists: touched, its flags returned
+ * and @be filled. Otherwise 0 (and a re-pick counted when the entry was
+ * there but its backend went); -1 when there is no such flow.
  */
-static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p)
+static __always_inline int sl_ct_follow(const struct sl_pkt *p, __u16 need, __u64 now,
+					struct sl_backend *be)
 {
 	struct sl_ct_key fk = {
 		.saddr = p->saddr,
@@ -206,26 +208,38 @@ static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p
 		.proto = p->proto,
 		.dir = SL_CT_DIR_FWD,
 	};
-	struct sl_ct_val *fv;
+	struct sl_ct_val *fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
+	struct sl_backend *bp;
+	__u32 id;
+
+	if (!fv || !sl_ct_alive(fv, now) || (fv->flags & need) != need)
+		return -1;
+	id = fv->backend_id;
+	bp = bpf_map_lookup_elem(&sl_lb_be_v1, &id);
+	if (bp && bp->port == fv->nat_port && sl_addr_eq(&bp->addr, &fv->nat_addr)) {
+		sl_ct_touch(fv, p, now);
+		*be = *bp;
+		return fv->flags;
+	}
+	sl_count(SL_M_CT_REPICK);
+	return -1;
+}
+
+/*
+ * A packet from a pod (client -> frontend): send it to a backend. Existing
+ * flows follow their conntrack entry; new ones (or flows whose backend is
+ * gone) pick a backend and get a forward and a reverse entry.
+ */
+static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p)
+{
 	struct sl_svc_key key = {};
 	struct sl_svc_val *master;
-	struct sl_backend be = {}, *bp;
+	struct sl_backend be = {};
 	__u32 be_id = 0;
 	__u64 now = bpf_ktime_get_ns();
 
-	fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
-	if (fv && sl_ct_alive(fv, now)) {
-		__u32 id = fv->backend_id;
-
-		bp = bpf_map_lookup_elem(&sl_lb_be_v1, &id);
-		if (bp && bp->port == fv->nat_port && sl_addr_eq(&bp->addr, &fv->nat_addr)) {
-			sl_ct_touch(fv, p, now);
-			be.addr = fv->nat_addr;
-			be.port = fv->nat_port;
-			goto rewrite;
-		}
-		sl_count(SL_M_CT_REPICK);
-	}
+	if (sl_ct_follow(p, 0, now, &be) >= 0)
+		goto rewrite;
 
 	key.addr = p->daddr;
 	key.dport = p->dport;

@@ -84,36 +84,18 @@ static __always_inline __u8 sl_np_path(const struct sl_backend *be, __u16 ct_fla
  */
 static __always_inline int sl_np_lookup(const struct sl_pkt *p, struct sl_np_flow *f)
 {
-	struct sl_ct_key k = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = SL_CT_DIR_FWD,
-	};
-	struct sl_ct_val *fv;
 	struct sl_svc_key key = {};
 	struct sl_svc_val *master;
-	struct sl_backend *bp;
 	__u32 be_id = 0;
 	__u16 flags = SL_CT_F_NODEPORT;
 	bool local_only = false;
 	__u64 now = bpf_ktime_get_ns();
+	int followed = sl_ct_follow(p, SL_CT_F_NODEPORT, now, &f->be);
 
-	fv = bpf_map_lookup_elem(&sl_ct_v1, &k);
-	if (fv && sl_ct_alive(fv, now) && (fv->flags & SL_CT_F_NODEPORT)) {
-		__u32 id = fv->backend_id;
-
-		bp = bpf_map_lookup_elem(&sl_lb_be_v1, &id);
-		if (bp && bp->port == fv->nat_port && sl_addr_eq(&bp->addr, &fv->nat_addr)) {
-			sl_ct_touch(fv, p, now);
-			f->be = *bp;
-			f->ct_flags = fv->flags;
-			f->path = sl_np_path(bp, fv->flags);
-			return SL_XLATE_DONE;
-		}
-		sl_count(SL_M_CT_REPICK);
+	if (followed >= 0) {
+		f->ct_flags = (__u16)followed;
+		f->path = sl_np_path(&f->be, f->ct_flags);
+		return SL_XLATE_DONE;
 	}
 
 	key.addr = p->daddr;
