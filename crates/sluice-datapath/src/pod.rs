@@ -175,11 +175,35 @@ pub struct CtEntry {
     pub rev_nat_id: u32,
     /// FIN or RST seen: the lifetime was shortened.
     pub closing: bool,
+    /// Which path made it: `pod` (per-packet service translation at a pod
+    /// device), `nodeport` (from outside, local backend), `nodeport-snat`,
+    /// `nodeport-dsr`, or `dsr-backend` (taken in from a DSR option).
+    #[serde(default)]
+    pub kind: String,
     pub lifetime_s: u32,
     pub last_seen_ns: u64,
 }
 
-/// An entry of the masquerade table (`sl_snat_v1`).
+/// The kind of a conntrack entry, from its flags (`SL_CT_F_*`, ct.h).
+pub fn ct_kind(flags: u16) -> &'static str {
+    const NODEPORT: u16 = 1 << 1;
+    const SNAT: u16 = 1 << 2;
+    const DSR: u16 = 1 << 3;
+    const DSR_BACKEND: u16 = 1 << 4;
+    if flags & DSR_BACKEND != 0 {
+        "dsr-backend"
+    } else if flags & NODEPORT == 0 {
+        "pod"
+    } else if flags & SNAT != 0 {
+        "nodeport-snat"
+    } else if flags & DSR != 0 {
+        "nodeport-dsr"
+    } else {
+        "nodeport"
+    }
+}
+
+/// An entry of the NAT table (`sl_snat_v1`): masquerade and NodePort SNAT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatEntry {
     pub src: SocketAddr,
@@ -190,6 +214,10 @@ pub struct NatEntry {
     pub inbound: bool,
     pub nat: SocketAddr,
     pub closing: bool,
+    /// `masquerade` (a pod's flow leaving the node) or `nodeport` (a
+    /// NodePort flow to a remote backend).
+    #[serde(default)]
+    pub kind: String,
     pub lifetime_s: u32,
     pub last_seen_ns: u64,
 }
@@ -858,6 +886,7 @@ impl PodDatapath {
                     backend_id: v.backend_id,
                     rev_nat_id: v.rev_nat_id,
                     closing: v.flags & 1 != 0,
+                    kind: ct_kind(v.flags).to_string(),
                     lifetime_s: v.lifetime_s,
                     last_seen_ns: v.last_seen_ns,
                 });
@@ -881,6 +910,7 @@ impl PodDatapath {
                     inbound: k.dir == 1,
                     nat: SocketAddr::new(host_addr(&v.addr), u16::from_be(v.port)),
                     closing: v.flags & 1 != 0,
+                    kind: if v.flags & (1 << 1) != 0 { "nodeport" } else { "masquerade" }.to_string(),
                     lifetime_s: v.lifetime_s,
                     last_seen_ns: v.last_seen_ns,
                 });

@@ -240,6 +240,8 @@ fn nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
     assert_eq!(nat.len(), 8, "{nat:#?}");
     let ct = d.pod_datapath().unwrap().ct_entries().unwrap();
     assert_eq!(ct.len(), 8, "{ct:#?}");
+    assert!(ct.iter().all(|e| e.kind == "nodeport-snat"), "{ct:#?}");
+    assert!(nat.iter().all(|e| e.kind == "nodeport"), "{nat:#?}");
 }
 
 #[test]

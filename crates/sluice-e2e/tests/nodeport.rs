@@ -396,9 +396,10 @@ fn nodeport_from_outside_reaches_local_and_remote_backends_and_comes_back() {
     }
     // The conntrack and NAT listings show the flows, and filters work.
     let ct: Value = serde_json::from_str(&c.agent(NodeId::Node1).ok(&["bpf", "ct", "list", "-o", "json", "--bpffs", c.agent(NodeId::Node1).pin_dir.to_str().unwrap(), "--port", "30080"])).unwrap();
-    assert!(!ct.as_array().unwrap().is_empty(), "conntrack entries for port 30080: {ct}");
+    let kinds: std::collections::BTreeSet<&str> = ct.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["nodeport", "nodeport-snat"].into(), "conntrack entries for port 30080, both kinds: {ct}");
     let nat: Value = serde_json::from_str(&c.agent(NodeId::Node1).ok(&["bpf", "nat", "list", "-o", "json", "--bpffs", c.agent(NodeId::Node1).pin_dir.to_str().unwrap(), "--proto", "udp"])).unwrap();
-    assert!(!nat.as_array().unwrap().is_empty(), "NAT entries for UDP: {nat}");
+    assert!(!nat.as_array().unwrap().is_empty() && nat.as_array().unwrap().iter().all(|e| e["kind"] == "nodeport"), "NAT entries for UDP: {nat}");
 }
 
 #[test]

@@ -801,10 +801,10 @@ fn state(last_seen_ns: u64, lifetime_s: u32, closing: bool) -> (String, String) 
 fn bpf_ct_list(f: &BpfFilterArgs) -> anyhow::Result<i32> {
     let dp = sluice_datapath::pod::PodDatapath::open(&f.bpf.bpffs)?;
     let entries: Vec<_> = dp.ct_entries()?.into_iter().filter(|e| f.keep(&[e.src, e.dst, e.nat], e.proto)).collect();
-    print_entries(f.bpf.out.output, &entries, &["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "BACKEND", "IDLE", "STATE"], |e| {
+    print_entries(f.bpf.out.output, &entries, &["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "BACKEND", "KIND", "IDLE", "STATE"], |e| {
         let (idle, st) = state(e.last_seen_ns, e.lifetime_s, e.closing);
         let (dir, nat) = if e.reverse { ("reply", format!("src -> {}", e.nat)) } else { ("original", format!("dst -> {}", e.nat)) };
-        vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, e.backend_id.to_string(), idle, st]
+        vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, e.backend_id.to_string(), e.kind.clone(), idle, st]
     });
     Ok(0)
 }
@@ -812,10 +812,10 @@ fn bpf_ct_list(f: &BpfFilterArgs) -> anyhow::Result<i32> {
 fn bpf_nat_list(f: &BpfFilterArgs) -> anyhow::Result<i32> {
     let dp = sluice_datapath::pod::PodDatapath::open(&f.bpf.bpffs)?;
     let entries: Vec<_> = dp.nat_entries()?.into_iter().filter(|e| f.keep(&[e.src, e.dst, e.nat], e.proto)).collect();
-    print_entries(f.bpf.out.output, &entries, &["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "IDLE", "STATE"], |e| {
+    print_entries(f.bpf.out.output, &entries, &["PROTO", "SOURCE", "DESTINATION", "DIR", "TRANSLATION", "KIND", "IDLE", "STATE"], |e| {
         let (idle, st) = state(e.last_seen_ns, e.lifetime_s, e.closing);
         let (dir, nat) = if e.inbound { ("reply", format!("dst -> {}", e.nat)) } else { ("original", format!("src -> {}", e.nat)) };
-        vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, idle, st]
+        vec![proto_name(e.proto).into(), e.src.to_string(), e.dst.to_string(), dir.into(), nat, e.kind.clone(), idle, st]
     });
     Ok(0)
 }
