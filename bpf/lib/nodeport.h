@@ -66,14 +66,16 @@ static __always_inline __u8 sl_np_path(const struct sl_backend *be, __u16 ct_fla
 {
 	union sl_addr a = be->addr;
 
-	if (bpf_map_lookup_elem(&sl_ep_v1, &a))
-		return SL_NP_LOCAL_POD;
-	if (bpf_map_lookup_elem(&sl_node_addr_v1, &a))
-		return SL_NP_LOCAL_HOST;
+	/* A flow that was sent to a remote backend stays so (no lookups per
+	 * packet for it). */
 	if (ct_flags & SL_CT_F_SNAT)
 		return SL_NP_SNAT;
 	if (ct_flags & SL_CT_F_DSR)
 		return SL_NP_DSR;
+	if (bpf_map_lookup_elem(&sl_ep_v1, &a))
+		return SL_NP_LOCAL_POD;
+	if (bpf_map_lookup_elem(&sl_node_addr_v1, &a))
+		return SL_NP_LOCAL_HOST;
 	return SL_NP_ROUTE;
 }
 
