@@ -526,8 +526,9 @@ impl<M: LbMaps> Core<M> {
     /// Give NodePort and LoadBalancer ports without a nodePort one from the
     /// NodePort range, keeping the one a previous version of the object had.
     fn allocate_node_ports(&self, batch: &mut [Manifest]) -> Result<(), CoreError> {
+        // Only batches with node ports need the scan of every service.
         let needed = batch.iter().any(|m| match &m.object {
-            Object::Service(s) => s.has_node_ports() && s.spec.ports.iter().any(|p| p.node_port.is_none()),
+            Object::Service(s) => s.has_node_ports(),
             _ => false,
         });
         if !needed {
@@ -538,17 +539,61 @@ impl<M: LbMaps> Core<M> {
             .filter(|m| m.object_ref.kind == Kind::Service)
             .map(|m| format!("{}/{}", m.object_ref.namespace, m.object_ref.name))
             .collect();
-        let mut used: BTreeSet<u16> = BTreeSet::new();
+        // Every node port and health check port in use, and by whom.
+        let mut owners: BTreeMap<u16, String> = BTreeMap::new();
+        let mut health: BTreeMap<u16, String> = BTreeMap::new();
         for (name, svc) in self.catalog.services() {
             if !replaced.contains(name) {
-                used.extend(svc.spec.ports.iter().filter_map(|p| p.node_port).map(|p| p as u16));
+                for p in svc.spec.ports.iter().filter_map(|p| p.node_port).chain(svc.spec.health_check_node_port) {
+                    owners.insert(p as u16, format!("Service {name}"));
+                }
+                if let Some(hc) = svc.spec.health_check_node_port {
+                    health.insert(hc as u16, format!("Service {name}"));
+                }
+            }
+        }
+        // No node port may be another service's health check port.
+        for m in batch.iter() {
+            let Object::Service(s) = &m.object else { continue };
+            for (i, p) in s.spec.ports.iter().enumerate() {
+                if let Some(other) = p.node_port.and_then(|n| health.get(&(n as u16))) {
+                    return Err(CoreError::Invalid(vec![ManifestError::new(
+                        &m.origin,
+                        m.object_ref.to_string(),
+                        format!("spec.ports[{i}].nodePort"),
+                        format!("{} is the health check node port of {other}", p.node_port.unwrap_or_default()),
+                    )]));
+                }
             }
         }
         for m in batch.iter() {
             if let Object::Service(s) = &m.object {
-                used.extend(s.spec.ports.iter().filter_map(|p| p.node_port).map(|p| p as u16));
+                for p in s.spec.ports.iter().filter_map(|p| p.node_port) {
+                    owners.insert(p as u16, format!("Service {}/{}", m.object_ref.namespace, m.object_ref.name));
+                }
             }
         }
+        // A health check port must be nobody else's port.
+        for m in batch.iter() {
+            let Object::Service(s) = &m.object else { continue };
+            if let Some(hc) = s.spec.health_check_node_port {
+                let me = format!("Service {}/{}", m.object_ref.namespace, m.object_ref.name);
+                match owners.get(&(hc as u16)) {
+                    Some(other) if *other != me || s.spec.ports.iter().any(|p| p.node_port == Some(hc)) => {
+                        return Err(CoreError::Invalid(vec![ManifestError::new(
+                            &m.origin,
+                            m.object_ref.to_string(),
+                            "spec.healthCheckNodePort",
+                            format!("{hc} is already used by {other}"),
+                        )]))
+                    }
+                    _ => {
+                        owners.insert(hc as u16, me);
+                    }
+                }
+            }
+        }
+        let mut used: BTreeSet<u16> = owners.keys().copied().collect();
         for m in batch.iter_mut() {
             let Object::Service(svc) = &mut m.object else { continue };
             if !svc.has_node_ports() || svc.spec.type_ == ServiceType::ExternalName {
@@ -583,8 +628,51 @@ impl<M: LbMaps> Core<M> {
                     }
                 }
             }
+            if svc.needs_health_check() && svc.spec.health_check_node_port.is_none() {
+                let keep = previous.as_ref().and_then(|p| p.spec.health_check_node_port).map(|n| n as u16);
+                let Some(port) = keep.or_else(|| NODE_PORT_RANGE.clone().find(|n| !used.contains(n))) else {
+                    return Err(CoreError::Invalid(vec![ManifestError::new(
+                        &m.origin,
+                        m.object_ref.to_string(),
+                        "spec.healthCheckNodePort",
+                        "no free node port left in 30000-32767",
+                    )]));
+                };
+                used.insert(port);
+                svc.spec.health_check_node_port = Some(port as i64);
+                if let Some(spec) = m.raw.pointer_mut("/spec").and_then(Value::as_object_mut) {
+                    spec.insert("healthCheckNodePort".into(), Value::from(port));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Health check node ports of LoadBalancer services with
+    /// `externalTrafficPolicy: Local`, with their endpoints on this node.
+    pub fn health_checks(&self) -> Vec<crate::health::HealthCheck> {
+        let mut out = Vec::new();
+        for (name, svc) in self.catalog.services() {
+            let Some(port) = svc.spec.health_check_node_port.filter(|_| svc.needs_health_check()) else { continue };
+            // Endpoints, not addresses: a dual-stack pod is one endpoint in
+            // each family's slice, so count per family and take the larger.
+            let local: BTreeSet<std::net::IpAddr> = self
+                .catalog
+                .resolve(name)
+                .unwrap_or_default()
+                .iter()
+                .filter(|f| f.key.scope.is_local())
+                .flat_map(|f| f.backends.iter().map(|b| b.addr))
+                .collect();
+            let v4 = local.iter().filter(|a| a.is_ipv4()).count();
+            out.push(crate::health::HealthCheck {
+                port: port as u16,
+                namespace: svc.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+                name: svc.metadata.name.clone(),
+                local_endpoints: v4.max(local.len() - v4),
+            });
+        }
+        out
     }
 
     /// Frontends and backends read back from the maps, annotated with the

@@ -8,6 +8,7 @@
 //! maps, the API socket and the node-address refresher.
 
 pub mod core;
+pub mod health;
 pub mod ipam;
 pub mod podnet;
 pub mod pods;

@@ -66,6 +66,8 @@ struct Shared {
     ct_gc: Mutex<Option<(Instant, sluice_api::CtGcView)>>,
     /// From the install (a table pinned with another size).
     warnings: Vec<String>,
+    /// Health check node ports (LoadBalancer, externalTrafficPolicy: Local).
+    health: Mutex<crate::health::HealthServer>,
 }
 
 /// Sockets ended because their backend left a service: counters and the
@@ -142,7 +144,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         sockets: Mutex::new(SocketLog::default()),
         ct_gc: Mutex::new(None),
         warnings: report.warnings.iter().chain(&node_warnings).cloned().collect(),
+        health: Mutex::new(crate::health::HealthServer::default()),
     });
+    reconcile_health(&shared);
     if !cfg.ct_gc_interval.is_zero() {
         spawn_ct_gc(shared.clone())?;
     }
@@ -483,12 +487,24 @@ fn terminate_doomed(shared: Arc<Shared>, doomed: Vec<(String, u32, sluice_lb::Ba
     });
 }
 
+/// Serve the health check node ports the services now ask for.
+fn reconcile_health(shared: &Shared) {
+    let checks = shared.core.lock().unwrap().health_checks();
+    for p in shared.health.lock().unwrap().reconcile(checks) {
+        warn!("{p}");
+    }
+}
+
 fn handle(shared: Arc<Shared>, req: Request) -> Response {
     let req = match handle_pods(&shared, req) {
         Ok(resp) => return resp,
         Err(req) => req,
     };
+    let changes = matches!(req, Request::Apply { dry_run: false, .. } | Request::Delete { .. });
     let mut resp = handle_locked(&shared, req);
+    if changes {
+        reconcile_health(&shared);
+    }
     // Service backends that are local pods, by name.
     if let Response::Services { items } = &mut resp {
         let pods = shared.pods.lock().unwrap();
@@ -547,7 +563,7 @@ fn handle_locked(shared: &Shared, req: Request) -> Response {
                 .map(|l| LinkView { program: l.program, state: l.state })
                 .collect();
             let maps = core.maps();
-            Response::Status(Status {
+            Response::Status(Box::new(Status {
                 version: env!("CARGO_PKG_VERSION").into(),
                 pin_dir: shared.cfg.pin_dir.display().to_string(),
                 cgroup: shared.cgroup.display().to_string(),
@@ -576,7 +592,12 @@ fn handle_locked(shared: &Shared, req: Request) -> Response {
                     ]
                 },
                 warnings: shared.warnings.clone(),
-            })
+                health_checks: core
+                    .health_checks()
+                    .into_iter()
+                    .map(|h| sluice_api::HealthCheckView { port: h.port, service: format!("{}/{}", h.namespace, h.name), local_endpoints: h.local_endpoints })
+                    .collect(),
+            }))
         }
     }
 }

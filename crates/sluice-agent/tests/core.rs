@@ -350,3 +350,41 @@ fn a_node_port_taken_by_a_local_service_is_reported_once() {
     assert_eq!(es[0].field, "spec.ports[].nodePort");
     assert!(es[0].message.contains("*:30007/TCP is already used by Service default/edge"), "{}", es[0]);
 }
+
+#[test]
+fn health_check_node_ports_are_allocated_kept_reported_and_conflicts_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = core(dir.path());
+    let lb = WEB.replace("clusterIP: 198.19.0.1", "type: LoadBalancer\n  externalTrafficPolicy: Local\n  clusterIP: 198.19.0.1");
+    c.apply(docs("lb.yaml", &lb), false).unwrap();
+    let stored = c.get(Kind::Service);
+    // The node port takes 30000, the health check port the next free one.
+    assert_eq!(stored[0].pointer("/spec/ports/0/nodePort"), Some(&Value::from(30000)));
+    assert_eq!(stored[0].pointer("/spec/healthCheckNodePort"), Some(&Value::from(30001)));
+    // Kept on re-apply.
+    c.apply(docs("lb.yaml", &lb), false).unwrap();
+    assert_eq!(c.get(Kind::Service)[0].pointer("/spec/healthCheckNodePort"), Some(&Value::from(30001)));
+    // Reported with the endpoints on this node (none have a nodeName here).
+    let hc = c.health_checks();
+    assert_eq!(hc.len(), 1);
+    assert_eq!((hc[0].port, hc[0].name.as_str(), hc[0].local_endpoints), (30001, "web", 0));
+    // Another service may not take it as a node port...
+    let clash = "apiVersion: v1\nkind: Service\nmetadata: {name: clash}\nspec:\n  type: NodePort\n  clusterIP: 198.19.0.3\n  ports: [{port: 80, nodePort: 30001}]\n";
+    let es = invalid(c.apply(docs("clash.yaml", clash), false));
+    assert_eq!(es[0].field, "spec.ports[0].nodePort", "{es:?}");
+    assert!(es[0].message.contains("30001 is the health check node port of Service default/web"), "{}", es[0].message);
+    // ...nor as its health check port.
+    let clash2 = "apiVersion: v1\nkind: Service\nmetadata: {name: clash2}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30001\n  clusterIP: 198.19.0.4\n  ports: [{port: 80}]\n";
+    let es = invalid(c.apply(docs("clash2.yaml", clash2), false));
+    assert_eq!(es[0].field, "spec.healthCheckNodePort");
+    assert!(es[0].message.contains("30001 is already used by Service default/web"), "{}", es[0].message);
+    // Only for LoadBalancer + Local.
+    let wrong = "apiVersion: v1\nkind: Service\nmetadata: {name: wrong}\nspec:\n  type: NodePort\n  healthCheckNodePort: 31000\n  clusterIP: 198.19.0.5\n  ports: [{port: 80}]\n";
+    let es = invalid(c.apply(raw_docs("wrong.yaml", wrong), false));
+    assert_eq!(es[0].field, "spec.healthCheckNodePort");
+    assert!(es[0].message.contains("LoadBalancer with externalTrafficPolicy: Local"), "{}", es[0].message);
+    // Switching to Cluster drops it.
+    let cluster = lb.replace("  externalTrafficPolicy: Local\n", "");
+    c.apply(docs("lb.yaml", &cluster), false).unwrap();
+    assert!(c.health_checks().is_empty());
+}

@@ -261,6 +261,18 @@ pub struct Status {
     /// Things the operator should know (a table pinned with another size).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Health check node ports served (LoadBalancer Services with
+    /// externalTrafficPolicy: Local).
+    #[serde(default)]
+    pub health_checks: Vec<HealthCheckView>,
+}
+
+/// A health check node port and what it answers (200 with local endpoints).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheckView {
+    pub port: u16,
+    pub service: String,
+    pub local_endpoints: usize,
 }
 
 /// What the last conntrack/NAT sweep found and deleted.
@@ -295,7 +307,7 @@ pub enum Response {
     Objects { items: Vec<Value> },
     Services { items: Vec<ServiceView> },
     LbDump { dump: LbDump, text: String },
-    Status(Status),
+    Status(Box<Status>),
     SocketEvents { destroyed_total: u64, failed_total: u64, events: Vec<SocketEvent> },
     CniAdded(CniAddResult),
     /// DEL, CHECK, GC or STATUS succeeded; `message` says what was done.

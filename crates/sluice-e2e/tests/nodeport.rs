@@ -596,3 +596,49 @@ fn xdp_native_without_driver_support_falls_back_to_tc_and_says_so() {
     assert_eq!(links, 2, "tcx ingress and egress pinned for br-ext: {o}");
     assert!(!a.pin_dir.join("links").join("xdp").join("br-ext_v1").exists());
 }
+
+/// One HTTP GET from the client; (status line, body).
+fn http_get(client: &Netns, to: SocketAddr) -> Option<(String, String)> {
+    client.enter(|| {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(1500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(1500))).ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n").ok()?;
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_string(), body.to_string()))
+    })
+}
+
+/// `externalTrafficPolicy: Local` on a LoadBalancer: each node answers the
+/// load balancer's health check on the health check node port with 200 if
+/// it has endpoints of the service and 503 if not, as kube-proxy does.
+#[test]
+fn health_check_node_port_tells_the_load_balancer_which_nodes_have_endpoints() {
+    let mut c = Cluster::new("9", &[]);
+    let a = c.add_pod(NodeId::Node1, "pod-n1");
+    let b = c.add_pod(NodeId::Node2, "pod-n2");
+    let spec = "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n";
+    c.apply_svc("LoadBalancer", spec, "", &[b]);
+    let at = |id: NodeId| SocketAddr::new(node_addr(id, false), 32100);
+    let (st1, body1) = http_get(c.client(), at(NodeId::Node1)).unwrap_or_else(|| panic!("node1 answers\n{}", c.logs()));
+    assert_eq!(st1, "HTTP/1.1 503 Service Unavailable", "{body1}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body1).unwrap(),
+        json!({"service": {"namespace": "e2e", "name": "web"}, "localEndpoints": 0, "serviceProxyHealthy": true})
+    );
+    let (st2, body2) = http_get(c.client(), at(NodeId::Node2)).unwrap();
+    assert_eq!(st2, "HTTP/1.1 200 OK", "{body2}");
+    assert_eq!(serde_json::from_str::<Value>(&body2).unwrap()["localEndpoints"], 1);
+    // An endpoint appears on node1: its answer follows, over IPv6 too.
+    c.apply_svc("LoadBalancer", spec, "", &[a, b]);
+    let (st1, _) = http_get(c.client(), at(NodeId::Node1)).unwrap();
+    assert_eq!(st1, "HTTP/1.1 200 OK");
+    let (st6, _) = http_get(c.client(), SocketAddr::new(node_addr(NodeId::Node1, true), 32100)).unwrap();
+    assert_eq!(st6, "HTTP/1.1 200 OK");
+    let status = c.agent(NodeId::Node1).ok(&["status"]);
+    assert!(status.contains("health:     :32100 for e2e/web (1 local endpoint: 200)"), "{status}");
+    // Back to Cluster: no health check port any more.
+    c.apply_svc("LoadBalancer", "", "", &[a, b]);
+    assert_eq!(http_get(c.client(), at(NodeId::Node1)), None, "the port is closed");
+}

@@ -46,6 +46,11 @@ pub struct ServiceSpec {
     pub session_affinity_config: Option<SessionAffinityConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<String>,
+    /// For a LoadBalancer with `externalTrafficPolicy: Local`: the node
+    /// port where the agent answers load balancers' health checks (200
+    /// with local endpoints, 503 without). Allocated when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +370,12 @@ impl Service {
         self.spec.external_traffic_policy.as_deref().and_then(|v| v.parse().ok()).unwrap_or_default()
     }
 
+    /// Does this service get a health check node port? (Kubernetes: type
+    /// LoadBalancer with externalTrafficPolicy: Local.)
+    pub fn needs_health_check(&self) -> bool {
+        self.spec.type_ == ServiceType::LoadBalancer && self.external_traffic_policy() == ExternalTrafficPolicy::Local
+    }
+
     pub fn has_node_ports(&self) -> bool {
         matches!(self.spec.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
     }
@@ -460,6 +471,18 @@ impl Service {
                         s.type_
                     ),
                 );
+            }
+        }
+        if let Some(hc) = s.health_check_node_port {
+            if !self.needs_health_check() {
+                c.err(
+                    "spec.healthCheckNodePort",
+                    "may only be set for type LoadBalancer with externalTrafficPolicy: Local",
+                );
+            } else if !(1..=65535).contains(&hc) {
+                c.err("spec.healthCheckNodePort", format!("{hc} is not a valid port (1 to 65535)"));
+            } else if s.ports.iter().any(|p| p.node_port == Some(hc)) {
+                c.err("spec.healthCheckNodePort", format!("{hc} is also a node port of this service"));
             }
         }
         let mut seen = std::collections::BTreeSet::new();

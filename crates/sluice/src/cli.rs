@@ -895,6 +895,16 @@ fn status(sock: &Path, out: Format) -> anyhow::Result<i32> {
         ),
         None => println!("ct gc:      no sweep yet (or --ct-gc-interval 0)"),
     }
+    for h in &s.health_checks {
+        println!(
+            "health:     :{} for {} ({} local endpoint{}: {})",
+            h.port,
+            h.service,
+            h.local_endpoints,
+            if h.local_endpoints == 1 { "" } else { "s" },
+            if h.local_endpoints > 0 { "200" } else { "503" }
+        );
+    }
     for w in &s.warnings {
         println!("WARNING:    {w}");
     }
