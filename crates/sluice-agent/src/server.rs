@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub xdp: Option<sluice_datapath::pod::XdpMode>,
     /// Source ports for masquerading (inclusive).
     pub snat_ports: (u16, u16),
+    /// Destinations pod traffic is not masqueraded to, besides the pod
+    /// CIDRs (other nodes' pod CIDRs, the node network).
+    pub no_masquerade: Vec<(std::net::IpAddr, u8)>,
     /// Tests only: abort at this point of a CNI ADD (simulates a crash).
     pub fail_point: Option<String>,
     /// Default backend selection (`--lb-algorithm`), Maglev table size,
@@ -253,7 +256,7 @@ fn configure_node(cfg: &AgentConfig, dp: &sluice_datapath::pod::PodDatapath) -> 
         masq_ip4,
         masq_ip6,
         pod_cidrs: cidrs.clone(),
-        no_masq_cidrs: cidrs,
+        no_masq_cidrs: cidrs.iter().copied().chain(cfg.no_masquerade.iter().copied()).collect(),
         snat_ports: cfg.snat_ports,
     })
     .context("writing the pod datapath's node settings")?;

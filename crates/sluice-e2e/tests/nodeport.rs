@@ -642,3 +642,37 @@ fn health_check_node_port_tells_the_load_balancer_which_nodes_have_endpoints() {
     c.apply_svc("LoadBalancer", "", "", &[a, b]);
     assert_eq!(http_get(c.client(), at(NodeId::Node1)), None, "the port is closed");
 }
+
+/// With `--masquerade` on the nodes, a remote backend's reply to the SNAT
+/// address of the node that balanced the flow must not be masqueraded again
+/// on its way back: `--no-masquerade-cidr` for the node network (and the
+/// cluster's pod CIDRs) says so. Without it, that reply cannot find its flow.
+#[test]
+fn masquerading_nodes_leave_replies_to_another_nodes_snat_alone_when_told() {
+    let exempt = [
+        "--masquerade",
+        "--no-masquerade-cidr",
+        "198.18.200.0/24",
+        "--no-masquerade-cidr",
+        "fd00:5c:c8::/64",
+        "--no-masquerade-cidr",
+        "198.18.96.0/19",
+        "--no-masquerade-cidr",
+        "fd00:5c:60::/44",
+    ];
+    let mut c = Cluster::new("10", &exempt);
+    let b = c.add_pod(NodeId::Node2, "pod-n2");
+    c.apply_web("", "", &[b]);
+    for v6 in [false, true] {
+        let answers = c.tcp_many(SocketAddr::new(node_addr(NodeId::Node1, v6), 30080), 6);
+        assert!(answers.iter().all(Option::is_some), "{answers:?}\n{}", c.logs());
+        assert_eq!(summary(&answers)["pod-n2"], [node_addr(NodeId::Node1, v6)].into());
+    }
+    drop(c);
+    // The control: masquerade without the exemption breaks that reply.
+    let mut c = Cluster::new("11", &["--masquerade"]);
+    let b = c.add_pod(NodeId::Node2, "pod-n2");
+    c.apply_web("", "", &[b]);
+    assert_eq!(tcp_ask(c.client(), SocketAddr::new(node_addr(NodeId::Node1, false), 30080)), None);
+    assert!(c.agent(NodeId::Node2).metric("snat") > 0, "node2 masqueraded the reply");
+}

@@ -149,6 +149,13 @@ struct AgentArgs {
     /// everything else goes on to the tcx programs.
     #[arg(long, value_name = "MODE", default_value = "off", value_parser = parse_xdp, requires = "external_devs")]
     xdp: XdpArg,
+    /// Destinations pod traffic is not masqueraded to, besides this node's
+    /// pod CIDRs: other nodes' pod CIDRs and the node network, so that pods
+    /// keep their address inside the cluster and replies to another node's
+    /// NodePort SNAT address are not masqueraded again. Repeatable; at
+    /// most 8 CIDRs in all with the pod CIDRs.
+    #[arg(long = "no-masquerade-cidr", value_name = "CIDR")]
+    no_masquerade: Vec<String>,
     /// Source ports the datapath uses to masquerade, `FIRST-LAST`. Keep it
     /// outside net.ipv4.ip_local_port_range so local sockets never collide.
     #[arg(long, default_value = "61000-65535")]
@@ -457,6 +464,14 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         .map(|c| c.parse::<sluice_agent::ipam::Cidr>().map_err(|e| anyhow::anyhow!("--pod-cidr {c}: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     sluice_agent::ipam::Ipam::new(&pod_cidrs).map_err(|e| anyhow::anyhow!("--pod-cidr: {e}"))?;
+    let no_masquerade = a
+        .no_masquerade
+        .iter()
+        .map(|c| parse_cidr(c).map_err(|e| anyhow::anyhow!("--no-masquerade-cidr {c}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if pod_cidrs.len() + no_masquerade.len() > 8 {
+        bail!("--no-masquerade-cidr: at most 8 CIDRs together with the --pod-cidr ones ({} given)", pod_cidrs.len() + no_masquerade.len());
+    }
     let snat_ports = match a.snat_ports.split_once('-').map(|(x, y)| (x.parse::<u16>(), y.parse::<u16>())) {
         Some((Ok(x), Ok(y))) if 1024 <= x && x <= y => (x, y),
         _ => bail!("--snat-ports {:?}: give FIRST-LAST with 1024 <= FIRST <= LAST <= 65535, e.g. 61000-65535", a.snat_ports),
@@ -483,6 +498,7 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
         external_devs: a.external_devs,
         xdp: a.xdp.0,
         snat_ports,
+        no_masquerade,
         fail_point: a.fail_point,
         lb: sluice_lb::LbOptions {
             default_algorithm: a.lb_algorithm,
@@ -496,6 +512,23 @@ fn agent(a: AgentArgs, api_socket: PathBuf) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(sluice_agent::run(cfg))?;
     Ok(0)
+}
+
+/// `ADDRESS/LENGTH`, the address being the network's (host bits zero).
+fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (a, l) = s.split_once('/').ok_or("give ADDRESS/LENGTH, e.g. 10.244.0.0/16")?;
+    let addr: std::net::IpAddr = a.parse().map_err(|_| format!("{a:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = l.parse().ok().filter(|n| *n <= max).ok_or(format!("{l:?} is not a prefix length (0 to {max})"))?;
+    let bits: u128 = match addr {
+        std::net::IpAddr::V4(v) => u32::from(v) as u128,
+        std::net::IpAddr::V6(v) => u128::from(v),
+    };
+    let host = if len == max { 0 } else { bits & ((1u128 << (max - len)) - 1) };
+    if host != 0 {
+        return Err(format!("{addr} has bits set past /{len}: the network address is wanted"));
+    }
+    Ok((addr, len))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1031,4 +1064,21 @@ fn socket_events(sock: &Path, out: Format) -> anyhow::Result<i32> {
     }
     println!("{destroyed_total} socket(s) destroyed, {failed_total} failed, since the agent started");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cidr;
+
+    #[test]
+    fn cidrs_are_parsed_and_bad_ones_named() {
+        assert_eq!(parse_cidr("10.0.0.0/8"), Ok(("10.0.0.0".parse().unwrap(), 8)));
+        assert_eq!(parse_cidr("fd00:5c:60::/44"), Ok(("fd00:5c:60::".parse().unwrap(), 44)));
+        assert_eq!(parse_cidr("0.0.0.0/0"), Ok(("0.0.0.0".parse().unwrap(), 0)));
+        assert_eq!(parse_cidr("192.0.2.1/32"), Ok(("192.0.2.1".parse().unwrap(), 32)));
+        assert!(parse_cidr("10.0.0.1/8").unwrap_err().contains("network address"));
+        assert!(parse_cidr("fd00::/130").unwrap_err().contains("prefix length"));
+        assert!(parse_cidr("x/3").unwrap_err().contains("not an IP address"));
+        assert!(parse_cidr("10.0.0.0").unwrap_err().contains("ADDRESS/LENGTH"));
+    }
 }
