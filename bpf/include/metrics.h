@@ -56,6 +56,7 @@ enum sl_metric {
 	SL_M_XDP_PASS = 40,		/* left to tc (local backend, DSR option, no neighbour) */
 	SL_M_ICMP_ERROR_XLATE = 41,		/* ICMP error about a translated flow translated back */
 	SL_M_CLUSTERIP_FROM_OUTSIDE = 42,/* ClusterIP-only frontend from outside: passed */
+	SL_M_CT_STALE_REMOVED = 43,	/* a new connection replaced an old flow's entries */
 	SL_M_MAX = 64,
 };
 

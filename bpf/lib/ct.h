@@ -192,6 +192,43 @@ static __always_inline int sl_ct_create(const struct sl_pkt *p, const struct sl_
 }
 
 /*
+ * A new TCP connection (a SYN) that no translation applies to: a reverse
+ * entry for its tuple belongs to an earlier, translated flow that used the
+ * same addresses and ports (a client that went to a service per packet,
+ * then connects straight to the backend, translated at its socket, from the
+ * same port). Left there, it would give this connection's replies the
+ * service's address. It goes, with its forward partner.
+ */
+static __always_inline void sl_ct_forget_stale(const struct sl_pkt *p)
+{
+	struct sl_ct_key rk = {
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+		.sport = p->dport,
+		.dport = p->sport,
+		.proto = p->proto,
+		.dir = SL_CT_DIR_REV,
+	};
+	struct sl_ct_val *rv;
+	struct sl_ct_key fk = {};
+
+	if (p->proto != IPPROTO_TCP_ || (p->tcp_flags & (TCP_FLAG_SYN_ | TCP_FLAG_ACK_)) != TCP_FLAG_SYN_)
+		return;
+	rv = bpf_map_lookup_elem(&sl_ct_v1, &rk);
+	if (!rv)
+		return;
+	fk.saddr = p->saddr;
+	fk.daddr = rv->nat_addr;
+	fk.sport = p->sport;
+	fk.dport = rv->nat_port;
+	fk.proto = p->proto;
+	fk.dir = SL_CT_DIR_FWD;
+	bpf_map_delete_elem(&sl_ct_v1, &fk);
+	bpf_map_delete_elem(&sl_ct_v1, &rk);
+	sl_count(SL_M_CT_STALE_REMOVED);
+}
+
+/*
  * The live flow of @p (client -> frontend) whose conntrack entry has every
  * flag of @need, if its backend still exists: touched, its flags returned
  * and @be filled. Otherwise 0 (and a re-pick counted when the entry was
@@ -245,8 +282,10 @@ static __always_inline int sl_ct_service(struct __sk_buff *skb, struct sl_pkt *p
 	key.dport = p->dport;
 	key.proto = p->proto;
 	master = sl_lb_lookup_frontend(&key, SL_NETNS_NONE);
-	if (!master)
+	if (!master) {
+		sl_ct_forget_stale(p);
 		return SL_XLATE_PASS;
+	}
 	if (sl_ct_choose(p, &key, master, &be, &be_id) != SL_XLATE_DONE ||
 	    sl_ct_create(p, &be, be_id, master->rev_nat_id, 0, now) != SL_XLATE_DONE)
 		return SL_XLATE_DROP;

@@ -365,6 +365,7 @@ static __always_inline int sl_host_in(struct __sk_buff *skb)
 	if (r == SL_XLATE_DONE)
 		return sl_np_forward(skb, &p, &f);
 	/* Routed traffic to a pod here (from another node, say). */
+	sl_ct_forget_stale(&p);
 	return sl_deliver_local(skb, &p);
 }
 

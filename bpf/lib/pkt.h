@@ -36,6 +36,7 @@
 #define TCP_FLAG_FIN_		0x01
 #define TCP_FLAG_SYN_		0x02
 #define TCP_FLAG_RST_		0x04
+#define TCP_FLAG_ACK_		0x10
 
 /* What sl_parse() found. Addresses and ports in network order. */
 struct sl_pkt {

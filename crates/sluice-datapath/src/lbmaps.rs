@@ -62,6 +62,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "xdp_pass",
     "icmp_error_xlate",
     "clusterip_from_outside",
+    "ct_stale_removed",
 ];
 
 /// The counters map (`bpf/include/metrics.h`); version 2 has 64 entries.

@@ -631,3 +631,37 @@ fn masquerade_icmp_echo_by_identifier() {
     assert_eq!(metric(&d, "snat"), 4);
     assert_eq!(metric(&d, "rev_snat"), 2);
 }
+
+/// A client that went to a service per packet and then connects straight
+/// to the backend (translated at its socket) from the same port: the new
+/// connection's SYN removes the old flow's entries, so the backend's replies
+/// keep their own source instead of getting the service's.
+#[test]
+fn a_new_direct_connection_retires_an_old_translated_flow_on_the_same_ports() {
+    let d = setup();
+    one_backend_services(&d, |v6| addr(&POD_B, v6));
+    for v6 in [false, true] {
+        let l = label(v6, TCP);
+        let client = sock(addr(&POD_A, v6), 40100);
+        let backend = sock(addr(&POD_B, v6), 8080);
+        let front = sock(vip(v6), 80);
+        // The old flow, through the service.
+        run(&d, &Fixture::new(format!("old-flow-{l}"), FromPod, Pkt::tcp(&client.to_string(), &front.to_string()).flags(SYN).build(), TC_ACT_REDIRECT, Expect::Any));
+        // The new one, straight to the backend, same ports: a SYN.
+        let syn = Pkt::tcp(&client.to_string(), &backend.to_string()).flags(SYN);
+        let expected = syn.clone().macs(POD_B.entry.pod_mac, POD_B.entry.host_mac);
+        run(&d, &Fixture::new(format!("direct-syn-{l}"), FromPod, syn.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+        // The backend's SYN-ACK keeps its own address as the source.
+        let synack = Pkt::tcp(&backend.to_string(), &client.to_string()).flags(SYN | ACK);
+        let expected = synack.clone().macs(POD_A.entry.pod_mac, POD_A.entry.host_mac);
+        run(&d, &Fixture::new(format!("direct-synack-{l}"), FromPod, synack.build(), TC_ACT_REDIRECT, Expect::Bytes(expected.build())));
+        // A later packet of an ordinary connection (not a SYN) leaves
+        // translated flows alone.
+        run(&d, &Fixture::new(format!("again-{l}"), FromPod, Pkt::tcp(&client.to_string(), &front.to_string()).flags(SYN).build(), TC_ACT_REDIRECT, Expect::Any));
+        let ack = Pkt::tcp(&client.to_string(), &backend.to_string()).flags(ACK);
+        run(&d, &Fixture::new(format!("direct-ack-{l}"), FromPod, ack.build(), TC_ACT_REDIRECT, Expect::Any));
+        let ct = d.pod_datapath().unwrap().ct_entries().unwrap();
+        assert_eq!(ct.iter().filter(|e| e.src.is_ipv6() == v6 && (e.src.port() == 40100 || e.dst.port() == 40100)).count(), 2, "{l}: {ct:#?}");
+    }
+    assert_eq!(metric(&d, "ct_stale_removed"), 2);
+}
