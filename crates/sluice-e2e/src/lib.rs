@@ -137,21 +137,12 @@ impl Env {
 
     /// Run the CLI against this agent.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let mut a = vec!["--api-socket", self.socket.to_str().unwrap()];
-        a.extend_from_slice(args);
-        Ok(std::process::Command::new(&self.sluice).args(&a).output()?)
+        cli_at(&self.sluice, &self.socket, args)
     }
 
     /// Run the CLI and require success.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.cli(args).expect("running sluice");
-        assert!(
-            o.status.success(),
-            "sluice {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).to_string()
+        ok_at(&self.sluice, &self.socket, args, "the agent")
     }
 
     /// Apply manifest text (written to a file of ours).
@@ -226,6 +217,25 @@ pub fn errors(v: &Value) -> Vec<String> {
     v["results"].as_array().unwrap().iter().filter_map(|r| r["error"].as_str().map(String::from)).collect()
 }
 
+/// `sluice --api-socket SOCKET ARGS...`.
+fn cli_at(sluice: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let mut a = vec!["--api-socket", socket.to_str().unwrap()];
+    a.extend_from_slice(args);
+    Ok(std::process::Command::new(sluice).args(&a).output()?)
+}
+
+/// [`cli_at`], requiring success; its stdout. `who` names the agent.
+fn ok_at(sluice: &Path, socket: &Path, args: &[&str], who: &str) -> String {
+    let o = cli_at(sluice, socket, args).expect("running sluice");
+    assert!(
+        o.status.success(),
+        "sluice {args:?} on {who} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
 /// Where a test agent keeps its state, and how it is started: the one
 /// place both harnesses start `sluice agent` from.
 struct AgentSpec<'a> {
@@ -262,11 +272,7 @@ impl AgentSpec<'_> {
         let log_text = || std::fs::read_to_string(self.log).unwrap_or_default();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
-            let up = std::process::Command::new(sluice)
-                .args(["--api-socket", self.socket.to_str().unwrap(), "status"])
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
+            let up = cli_at(sluice, self.socket, &["status"]).map(|o| o.status.success()).unwrap_or(false);
             if up {
                 // Node addresses are written right after start; wait for them.
                 std::thread::sleep(Duration::from_millis(300));
@@ -336,22 +342,12 @@ impl NodeAgent {
     }
 
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<Output> {
-        let mut a = vec!["--api-socket", self.socket.to_str().unwrap()];
-        a.extend_from_slice(args);
-        Ok(std::process::Command::new(&self.sluice).args(&a).output()?)
+        cli_at(&self.sluice, &self.socket, args)
     }
 
     /// Run the CLI and require success; stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let o = self.cli(args).expect("running sluice");
-        assert!(
-            o.status.success(),
-            "sluice {args:?} on {} failed: {}\n{}",
-            self.name,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).to_string()
+        ok_at(&self.sluice, &self.socket, args, &self.name)
     }
 
     pub fn apply(&self, file: &str, text: &str) -> String {

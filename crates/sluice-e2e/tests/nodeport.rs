@@ -239,18 +239,17 @@ impl Cluster {
     /// (node port 30053), `spec_extra` merged into its spec, and one
     /// EndpointSlice per family with the given pods (and their nodes),
     /// applied to both agents.
-    fn apply_web(&self, spec_extra: &str, annotations: &str, pods: &[usize]) {
-        self.apply_svc("NodePort", spec_extra, annotations, pods)
+    fn apply_web(&self, spec_extra: &str, pods: &[usize]) {
+        self.apply_svc("NodePort", spec_extra, pods)
     }
 
-    fn apply_svc(&self, ty: &str, spec_extra: &str, annotations: &str, pods: &[usize]) {
+    fn apply_svc(&self, ty: &str, spec_extra: &str, pods: &[usize]) {
         let mut yaml = format!(
             "apiVersion: v1
 kind: Service
 metadata:
   name: web
   namespace: e2e
-  annotations: {{{annotations}}}
 spec:
   type: {ty}
   ipFamilies: [IPv4, IPv6]
@@ -266,27 +265,10 @@ spec:
             for &i in pods {
                 let p = &self.pods[i];
                 let a = if v6 { p.ip6 } else { p.ip4 };
-                eps.push_str(&format!("- addresses: ['{a}']\n  nodeName: {}\n  conditions: {{ready: true}}\n", p.node.name()));
+                eps.push_str(&format!("\n- addresses: ['{a}']\n  nodeName: {}\n  conditions: {{ready: true}}", p.node.name()));
             }
             if eps.is_empty() {
-                eps = "[]\n".into();
-                yaml.push_str(&format!(
-                    "---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-{}
-  namespace: e2e
-  labels: {{kubernetes.io/service-name: web}}
-addressType: {fam}
-ports:
-- {{name: http, port: {TCP_PORT}, protocol: TCP}}
-- {{name: dns, port: {UDP_PORT}, protocol: UDP}}
-endpoints: []
-",
-                    fam.to_lowercase()
-                ));
-                continue;
+                eps = " []".into();
             }
             yaml.push_str(&format!(
                 "---
@@ -300,8 +282,8 @@ addressType: {fam}
 ports:
 - {{name: http, port: {TCP_PORT}, protocol: TCP}}
 - {{name: dns, port: {UDP_PORT}, protocol: UDP}}
-endpoints:
-{eps}",
+endpoints:{eps}
+",
                 fam.to_lowercase()
             ));
         }
@@ -370,7 +352,7 @@ fn nodeport_from_outside_reaches_local_and_remote_backends_and_comes_back() {
     let mut c = Cluster::new("1", &[]);
     let a = c.add_pod(NodeId::Node1, "pod-n1");
     let b = c.add_pod(NodeId::Node2, "pod-n2");
-    c.apply_web("", "", &[a, b]);
+    c.apply_web("", &[a, b]);
     for v6 in [false, true] {
         for via in [NodeId::Node1, NodeId::Node2] {
             let fam = if v6 { "IPv6" } else { "IPv4" };
@@ -407,7 +389,7 @@ fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_back
     let mut c = Cluster::new("2", &[]);
     let a = c.add_pod(NodeId::Node1, "pod-n1");
     let b = c.add_pod(NodeId::Node2, "pod-n2");
-    c.apply_web("  externalTrafficPolicy: Local\n", "", &[a, b]);
+    c.apply_web("  externalTrafficPolicy: Local\n", &[a, b]);
     for v6 in [false, true] {
         for (via, only) in [(NodeId::Node1, "pod-n1"), (NodeId::Node2, "pod-n2")] {
             let tcp = c.tcp_many(SocketAddr::new(node_addr(via, v6), 30080), 12);
@@ -420,7 +402,7 @@ fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_back
         }
     }
     // Only node2 has a backend now: node1 drops (as Kubernetes defines).
-    c.apply_web("  externalTrafficPolicy: Local\n", "", &[b]);
+    c.apply_web("  externalTrafficPolicy: Local\n", &[b]);
     assert_eq!(udp_ask(c.client(), SocketAddr::new(node_addr(NodeId::Node1, false), 30053), 0), None);
     assert_eq!(tcp_ask(c.client(), SocketAddr::new(node_addr(NodeId::Node1, false), 30080)), None);
     assert!(c.agent(NodeId::Node1).metric("drop_no_local_backend") >= 2);
@@ -432,7 +414,7 @@ fn external_traffic_policy_local_keeps_the_client_and_drops_without_a_local_back
 fn dsr_backend_answers_the_client_directly() {
     let mut c = Cluster::new("3", &["--lb-mode", "dsr"]);
     let b = c.add_pod(NodeId::Node2, "pod-n2");
-    c.apply_web("", "", &[b]);
+    c.apply_web("", &[b]);
     for v6 in [false, true] {
         let to_tcp = SocketAddr::new(node_addr(NodeId::Node1, v6), 30080);
         let to_udp = SocketAddr::new(node_addr(NodeId::Node1, v6), 30053);
@@ -456,7 +438,7 @@ fn maglev_picks_the_same_backend_on_both_nodes_and_moves_only_the_flows_of_a_rem
     // A LoadBalancer IP: the same destination whichever node a flow reaches.
     let lb = "  loadBalancerIP: 198.18.250.10\n";
     let status = "status: {loadBalancer: {ingress: [{ip: 198.18.250.10}]}}\n";
-    c.apply_svc("LoadBalancer", &format!("{lb}{status}"), "", &pods);
+    c.apply_svc("LoadBalancer", &format!("{lb}{status}"), &pods);
     let vip = SocketAddr::new("198.18.250.10".parse().unwrap(), 53);
     let via = |c: &Cluster, n: NodeId| {
         c.client().ip(&["route", "replace", "198.18.250.10/32", "via", &n.ip4().to_string()]).unwrap();
@@ -494,7 +476,7 @@ fn maglev_picks_the_same_backend_on_both_nodes_and_moves_only_the_flows_of_a_rem
     via(&c, NodeId::Node1);
     let before = ask_all(&c, &fresh);
     assert_eq!(predicted, before, "the simulator agrees with the datapath");
-    c.apply_svc("LoadBalancer", &format!("{lb}{status}"), "", &pods[..3]);
+    c.apply_svc("LoadBalancer", &format!("{lb}{status}"), &pods[..3]);
     via(&c, NodeId::Node2);
     let after = ask_all(&c, &fresh);
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
@@ -510,7 +492,7 @@ fn maglev_picks_the_same_backend_on_both_nodes_and_moves_only_the_flows_of_a_rem
 fn snat_port_exhaustion_drops_new_flows_and_is_counted() {
     let mut c = Cluster::with_flags("5", &["--snat-ports", "40000-40001"], &[]);
     let b = c.add_pod(NodeId::Node2, "pod-n2");
-    c.apply_web("", "", &[b]);
+    c.apply_web("", &[b]);
     let to = SocketAddr::new(node_addr(NodeId::Node1, false), 30053);
     // Two flows get the two ports; the third finds none.
     assert!(udp_ask(c.client(), to, 30001).is_some());
@@ -544,7 +526,7 @@ fn xdp_case(name: &str, mode: &str) {
     if mode == "native" {
         c.gro_on();
     }
-    c.apply_web("", "", &[a, b]);
+    c.apply_web("", &[a, b]);
     for v6 in [false, true] {
         let tcp = c.tcp_many(SocketAddr::new(node_addr(NodeId::Node1, v6), 30080), 16);
         let udp = c.udp_many(SocketAddr::new(node_addr(NodeId::Node1, v6), 30053), 16);
@@ -571,7 +553,7 @@ fn xdp_case(name: &str, mode: &str) {
 fn clusterip_from_outside_is_not_served() {
     let mut c = Cluster::new("7", &[]);
     let b = c.add_pod(NodeId::Node2, "pod-n2");
-    c.apply_web("", "", &[b]);
+    c.apply_web("", &[b]);
     c.client().ip(&["route", "replace", "198.19.7.10/32", "via", &NodeId::Node1.ip4().to_string()]).unwrap();
     let t0 = Instant::now();
     assert_eq!(udp_ask(c.client(), "198.19.7.10:53".parse().unwrap(), 0), None);
@@ -619,7 +601,7 @@ fn health_check_node_port_tells_the_load_balancer_which_nodes_have_endpoints() {
     let a = c.add_pod(NodeId::Node1, "pod-n1");
     let b = c.add_pod(NodeId::Node2, "pod-n2");
     let spec = "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n";
-    c.apply_svc("LoadBalancer", spec, "", &[b]);
+    c.apply_svc("LoadBalancer", spec, &[b]);
     let at = |id: NodeId| SocketAddr::new(node_addr(id, false), 32100);
     let (st1, body1) = http_get(c.client(), at(NodeId::Node1)).unwrap_or_else(|| panic!("node1 answers\n{}", c.logs()));
     assert_eq!(st1, "HTTP/1.1 503 Service Unavailable", "{body1}");
@@ -631,7 +613,7 @@ fn health_check_node_port_tells_the_load_balancer_which_nodes_have_endpoints() {
     assert_eq!(st2, "HTTP/1.1 200 OK", "{body2}");
     assert_eq!(serde_json::from_str::<Value>(&body2).unwrap()["localEndpoints"], 1);
     // An endpoint appears on node1: its answer follows, over IPv6 too.
-    c.apply_svc("LoadBalancer", spec, "", &[a, b]);
+    c.apply_svc("LoadBalancer", spec, &[a, b]);
     let (st1, _) = http_get(c.client(), at(NodeId::Node1)).unwrap();
     assert_eq!(st1, "HTTP/1.1 200 OK");
     let (st6, _) = http_get(c.client(), SocketAddr::new(node_addr(NodeId::Node1, true), 32100)).unwrap();
@@ -639,7 +621,7 @@ fn health_check_node_port_tells_the_load_balancer_which_nodes_have_endpoints() {
     let status = c.agent(NodeId::Node1).ok(&["status"]);
     assert!(status.contains("health:     :32100 for e2e/web (1 local endpoint: 200)"), "{status}");
     // Back to Cluster: no health check port any more.
-    c.apply_svc("LoadBalancer", "", "", &[a, b]);
+    c.apply_svc("LoadBalancer", "", &[a, b]);
     assert_eq!(http_get(c.client(), at(NodeId::Node1)), None, "the port is closed");
 }
 
@@ -662,7 +644,7 @@ fn masquerading_nodes_leave_replies_to_another_nodes_snat_alone_when_told() {
     ];
     let mut c = Cluster::new("10", &exempt);
     let b = c.add_pod(NodeId::Node2, "pod-n2");
-    c.apply_web("", "", &[b]);
+    c.apply_web("", &[b]);
     for v6 in [false, true] {
         let answers = c.tcp_many(SocketAddr::new(node_addr(NodeId::Node1, v6), 30080), 6);
         assert!(answers.iter().all(Option::is_some), "{answers:?}\n{}", c.logs());
@@ -672,7 +654,7 @@ fn masquerading_nodes_leave_replies_to_another_nodes_snat_alone_when_told() {
     // The control: masquerade without the exemption breaks that reply.
     let mut c = Cluster::new("11", &["--masquerade"]);
     let b = c.add_pod(NodeId::Node2, "pod-n2");
-    c.apply_web("", "", &[b]);
+    c.apply_web("", &[b]);
     assert_eq!(tcp_ask(c.client(), SocketAddr::new(node_addr(NodeId::Node1, false), 30080)), None);
     assert!(c.agent(NodeId::Node2).metric("snat") > 0, "node2 masqueraded the reply");
 }
