@@ -952,6 +952,7 @@ pub fn install_devices_with(
 ) -> Result<DevicesInstalled, DatapathError> {
     crate::fsutil::ensure_bpffs(pin_dir)?;
     let mut adopted = Vec::new();
+    let mut warnings = Vec::new();
 
     let mut lxc_storage = Box::new(MaybeUninit::<OpenObject>::uninit());
     let mut open = LxcSkelBuilder::default().open(&mut lxc_storage).map_err(DatapathError::bpf("opening the pod object"))?;
@@ -959,29 +960,20 @@ pub fn install_devices_with(
         ro.sl_host_netns_cookie = host_netns_cookie;
         ro.sl_maglev_m = maglev_size;
     }
-    let _lxc_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
-    let mut warnings = crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)?;
-    set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
-    let lxc = open.load().map_err(|e| DatapathError::Bpf {
-        what: "loading the pod datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
-        source: e,
-    })?;
+    let _lxc_template = prepare_pinned(open.open_object_mut(), pin_dir, maglev_size, tables, &mut adopted, &mut warnings)?;
+    let lxc = open.load().map_err(load_failed("pod datapath"))?;
     pin_progs(lxc.object(), pin_dir, &POD_PROGRAMS)?;
 
+    // The pod object has just created or reused the pins: the same sizes
+    // and settings for the others.
     let mut host_storage = Box::new(MaybeUninit::<OpenObject>::uninit());
     let mut open = HostSkelBuilder::default().open(&mut host_storage).map_err(DatapathError::bpf("opening the host object"))?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.sl_host_netns_cookie = host_netns_cookie;
         ro.sl_maglev_m = maglev_size;
     }
-    set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
-    let _host_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
-    // The pod object has just created or reused the pins: same sizes here.
-    add_new(&mut warnings, crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)?);
-    let host = open.load().map_err(|e| DatapathError::Bpf {
-        what: "loading the host datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
-        source: e,
-    })?;
+    let _host_template = prepare_pinned(open.open_object_mut(), pin_dir, maglev_size, tables, &mut adopted, &mut warnings)?;
+    let host = open.load().map_err(load_failed("host datapath"))?;
     pin_progs(host.object(), pin_dir, &HOST_PROGRAMS)?;
 
     let mut xdp_storage = Box::new(MaybeUninit::<OpenObject>::uninit());
@@ -990,19 +982,54 @@ pub fn install_devices_with(
         ro.sl_host_netns_cookie = host_netns_cookie;
         ro.sl_maglev_m = maglev_size;
     }
-    set_pin_paths(open.open_object_mut(), pin_dir, &mut adopted)?;
-    let _xdp_template = crate::loader::size_maglev_template(open.open_object_mut(), maglev_size)?;
-    add_new(&mut warnings, crate::loader::size_tables(open.open_object_mut(), Some(pin_dir), tables)?);
-    let xdp = open.load().map_err(|e| DatapathError::Bpf {
-        what: "loading the XDP datapath (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)".into(),
-        source: e,
-    })?;
+    let _xdp_template = prepare_pinned(open.open_object_mut(), pin_dir, maglev_size, tables, &mut adopted, &mut warnings)?;
+    let xdp = open.load().map_err(load_failed("XDP datapath"))?;
     pin_progs(xdp.object(), pin_dir, &[XDP_PROGRAM])?;
 
     let links = adopt_device_links(pin_dir)?;
     adopted.sort();
     adopted.dedup();
     Ok((adopted, links, warnings))
+}
+
+/// Make `obj` use the shared maps (crate::loader::MAPS) of objects already
+/// loaded, the first that has each.
+fn share_maps(obj: &mut OpenObject, loaded: &[&libbpf_rs::Object]) -> Result<(), DatapathError> {
+    for mut m in obj.maps_mut() {
+        let name = m.name().to_string_lossy().to_string();
+        if !crate::loader::MAPS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(shared) = loaded.iter().find_map(|o| o.maps().find(|x| x.name().to_string_lossy() == name)) {
+            m.reuse_fd(shared.as_fd()).map_err(DatapathError::bpf(format!("sharing {name}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Before loading one device object with pins: pin paths (pinned maps are
+/// adopted), the Maglev inner-map template (returned: it must outlive the
+/// load) and the conntrack/NAT sizes (warnings added to `warnings`).
+fn prepare_pinned(
+    obj: &mut OpenObject,
+    pin_dir: &Path,
+    maglev_size: u32,
+    tables: &crate::loader::TableSizes,
+    adopted: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<MapHandle>, DatapathError> {
+    set_pin_paths(obj, pin_dir, adopted)?;
+    let template = crate::loader::size_maglev_template(obj, maglev_size)?;
+    add_new(warnings, crate::loader::size_tables(obj, Some(pin_dir), tables)?);
+    Ok(template)
+}
+
+/// The error of loading `what` against the pins.
+fn load_failed(what: &str) -> impl FnOnce(libbpf_rs::Error) -> DatapathError + '_ {
+    move |e| DatapathError::Bpf {
+        what: format!("loading the {what} (a map pinned with another layout is refused: remove it with `sluice datapath uninstall`)"),
+        source: e,
+    }
 }
 
 /// Append the warnings of `more` not already in `warnings`.
@@ -1099,15 +1126,7 @@ impl LoadedDevices {
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.sl_maglev_m = maglev_size;
         }
-        for mut m in open.open_object_mut().maps_mut() {
-            let name = m.name().to_string_lossy().to_string();
-            if !crate::loader::MAPS.contains(&name.as_str()) {
-                continue;
-            }
-            if let Some(shared) = lxc.object().maps().find(|x| x.name().to_string_lossy() == name) {
-                m.reuse_fd(shared.as_fd()).map_err(DatapathError::bpf(format!("sharing {name}")))?;
-            }
-        }
+        share_maps(open.open_object_mut(), &[lxc.object()])?;
         let host = open.load().map_err(DatapathError::bpf("loading the host object"))?;
 
         let xdp_storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -1115,17 +1134,7 @@ impl LoadedDevices {
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.sl_maglev_m = maglev_size;
         }
-        for mut m in open.open_object_mut().maps_mut() {
-            let name = m.name().to_string_lossy().to_string();
-            if !crate::loader::MAPS.contains(&name.as_str()) {
-                continue;
-            }
-            if let Some(shared) = lxc.object().maps().find(|x| x.name().to_string_lossy() == name) {
-                m.reuse_fd(shared.as_fd()).map_err(DatapathError::bpf(format!("sharing {name}")))?;
-            } else if let Some(shared) = host.object().maps().find(|x| x.name().to_string_lossy() == name) {
-                m.reuse_fd(shared.as_fd()).map_err(DatapathError::bpf(format!("sharing {name}")))?;
-            }
-        }
+        share_maps(open.open_object_mut(), &[lxc.object(), host.object()])?;
         let xdp = open.load().map_err(DatapathError::bpf("loading the XDP object"))?;
         Ok(LoadedDevices { lxc, host, xdp })
     }
