@@ -33,17 +33,41 @@ static __always_inline bool sl_tcp_closing(const struct sl_pkt *p)
 	return p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_FIN_ | TCP_FLAG_RST_));
 }
 
+/* FIN or RST seen: the entry (conntrack or NAT, by its flags and lifetime)
+ * lives SL_CT_LIFETIME_CLOSE_S more after its last packet. */
+static __always_inline void sl_mark_closing(__u16 *flags, __u32 *lifetime_s)
+{
+	if (*flags & SL_CT_F_CLOSING)
+		return;
+	*flags |= SL_CT_F_CLOSING;
+	*lifetime_s = SL_CT_LIFETIME_CLOSE_S;
+}
+
 static __always_inline void sl_ct_set_closing(struct sl_ct_val *v)
 {
-	v->flags |= SL_CT_F_CLOSING;
-	v->lifetime_s = SL_CT_LIFETIME_CLOSE_S;
+	sl_mark_closing(&v->flags, &v->lifetime_s);
 }
 
 static __always_inline void sl_ct_touch(struct sl_ct_val *v, const struct sl_pkt *p, __u64 now)
 {
 	v->last_seen_ns = now;
-	if (sl_tcp_closing(p) && !(v->flags & SL_CT_F_CLOSING))
+	if (sl_tcp_closing(p))
 		sl_ct_set_closing(v);
+}
+
+/* The conntrack key of @p's tuple as it is, in direction @dir. */
+static __always_inline struct sl_ct_key sl_ct_key_of(const struct sl_pkt *p, __u8 dir)
+{
+	struct sl_ct_key k = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = dir,
+	};
+
+	return k;
 }
 
 /*
@@ -63,14 +87,7 @@ static __always_inline __u64 sl_ct_client(const union sl_addr *a)
  */
 static __always_inline int sl_ct_reply(struct __sk_buff *skb, struct sl_pkt *p, __u16 *flags)
 {
-	struct sl_ct_key rk = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = SL_CT_DIR_REV,
-	};
+	struct sl_ct_key rk = sl_ct_key_of(p, SL_CT_DIR_REV);
 	struct sl_ct_val *rv;
 	union sl_addr vip;
 	__be16 vport;
@@ -95,9 +112,8 @@ static __always_inline int sl_ct_reply(struct __sk_buff *skb, struct sl_pkt *p, 
 		};
 		struct sl_ct_val *fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
 
-		if (!(rv->flags & SL_CT_F_CLOSING))
-			sl_ct_set_closing(rv);
-		if (fv && !(fv->flags & SL_CT_F_CLOSING))
+		sl_ct_set_closing(rv);
+		if (fv)
 			sl_ct_set_closing(fv);
 	}
 	if (sl_rewrite(skb, p, true, &vip, vport)) {
@@ -237,14 +253,7 @@ static __always_inline void sl_ct_forget_stale(const struct sl_pkt *p)
 static __always_inline int sl_ct_follow(const struct sl_pkt *p, __u16 need, __u64 now,
 					struct sl_backend *be)
 {
-	struct sl_ct_key fk = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = SL_CT_DIR_FWD,
-	};
+	struct sl_ct_key fk = sl_ct_key_of(p, SL_CT_DIR_FWD);
 	struct sl_ct_val *fv = bpf_map_lookup_elem(&sl_ct_v1, &fk);
 	struct sl_backend *bp;
 	__u32 id;

@@ -21,18 +21,26 @@ static __always_inline bool sl_nat_alive(const struct sl_nat_val *v, __u64 now)
 	return now < v->last_seen_ns + (__u64)v->lifetime_s * 1000000000ULL;
 }
 
-static __always_inline bool sl_nat_closing(const struct sl_pkt *p)
-{
-	return p->proto == IPPROTO_TCP_ && (p->tcp_flags & (TCP_FLAG_FIN_ | TCP_FLAG_RST_));
-}
-
 static __always_inline void sl_nat_touch(struct sl_nat_val *v, const struct sl_pkt *p, __u64 now)
 {
 	v->last_seen_ns = now;
-	if (sl_nat_closing(p) && !(v->flags & SL_CT_F_CLOSING)) {
-		v->flags |= SL_CT_F_CLOSING;
-		v->lifetime_s = SL_CT_LIFETIME_CLOSE_S;
-	}
+	if (sl_tcp_closing(p))
+		sl_mark_closing(&v->flags, &v->lifetime_s);
+}
+
+/* The NAT key of @p's tuple as it is, in direction @dir. */
+static __always_inline struct sl_nat_key sl_nat_key_of(const struct sl_pkt *p, __u8 dir)
+{
+	struct sl_nat_key k = {
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = dir,
+	};
+
+	return k;
 }
 
 /*
@@ -43,14 +51,7 @@ static __always_inline enum sl_metric
 sl_snat_lookup(const struct sl_node_cfg *cfg, const struct sl_pkt *p,
 	       const union sl_addr *masq, struct sl_nat_val *out, __u16 flags)
 {
-	struct sl_nat_key ok = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = SL_NAT_DIR_OUT,
-	};
+	struct sl_nat_key ok = sl_nat_key_of(p, SL_NAT_DIR_OUT);
 	struct sl_nat_key ik = {
 		.saddr = p->daddr,
 		.daddr = *masq,
@@ -87,10 +88,8 @@ sl_snat_lookup(const struct sl_node_cfg *cfg, const struct sl_pkt *p,
 	nv.flags = flags;
 	nv.lifetime_s = p->proto == IPPROTO_TCP_ ? SL_CT_LIFETIME_TCP_S : SL_CT_LIFETIME_OTHER_S;
 	nv.last_seen_ns = now;
-	if (sl_nat_closing(p)) {
-		nv.flags |= SL_CT_F_CLOSING;
-		nv.lifetime_s = SL_CT_LIFETIME_CLOSE_S;
-	}
+	if (sl_tcp_closing(p))
+		sl_mark_closing(&nv.flags, &nv.lifetime_s);
 	/* Consecutive ports from a random start: a taken port is one whose
 	 * ingress entry exists (BPF_NOEXIST) and is alive. */
 	for (i = 0; i < SL_SNAT_TRIES; i++) {

@@ -166,14 +166,7 @@ static __always_inline enum sl_metric sl_np_snat(const struct sl_pkt *p, struct 
  */
 static __always_inline int sl_np_reply(struct __sk_buff *skb, struct sl_pkt *p)
 {
-	struct sl_nat_key ik = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = SL_NAT_DIR_IN,
-	};
+	struct sl_nat_key ik = sl_nat_key_of(p, SL_NAT_DIR_IN);
 	struct sl_nat_val *iv;
 	union sl_addr dst;
 	__be16 dst_port;
@@ -187,7 +180,7 @@ static __always_inline int sl_np_reply(struct __sk_buff *skb, struct sl_pkt *p)
 	dst_port = iv->port;
 	nflags = iv->flags;
 	sl_nat_touch(iv, p, bpf_ktime_get_ns());
-	if (sl_nat_closing(p)) {
+	if (sl_tcp_closing(p)) {
 		struct sl_nat_key ok = {
 			.saddr = dst,
 			.daddr = p->saddr,
@@ -198,10 +191,8 @@ static __always_inline int sl_np_reply(struct __sk_buff *skb, struct sl_pkt *p)
 		};
 		struct sl_nat_val *ov = bpf_map_lookup_elem(&sl_snat_v1, &ok);
 
-		if (ov && !(ov->flags & SL_CT_F_CLOSING)) {
-			ov->flags |= SL_CT_F_CLOSING;
-			ov->lifetime_s = SL_CT_LIFETIME_CLOSE_S;
-		}
+		if (ov)
+			sl_mark_closing(&ov->flags, &ov->lifetime_s);
 	}
 	if (sl_rewrite(skb, p, false, &dst, dst_port)) {
 		sl_count(SL_M_DROP_REWRITE_FAILED);

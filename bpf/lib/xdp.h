@@ -147,14 +147,7 @@ static __always_inline int sl_xdp_pass(void)
  * inlined: its stack and the forward path's are not needed at once.) */
 static __noinline int sl_xdp_reply(struct xdp_md *ctx, struct sl_pkt *p, bool *mine)
 {
-	struct sl_nat_key ik = {
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = SL_NAT_DIR_IN,
-	};
+	struct sl_nat_key ik = sl_nat_key_of(p, SL_NAT_DIR_IN);
 	struct sl_ct_key rk = {};
 	struct sl_nat_val *iv;
 	struct sl_ct_val *rv;
