@@ -307,6 +307,17 @@ static __always_inline int sl_np_forward(struct __sk_buff *skb, struct sl_pkt *p
 	return sl_fib_redirect(skb, p);
 }
 
+/* Where a packet translated back (sl_np_reply(), sl_icmp_to_node()) goes:
+ * to the client through the FIB, into a pod here, or on to the stack. */
+static __always_inline int sl_np_back(struct __sk_buff *skb, const struct sl_pkt *p, int r)
+{
+	if (r == SL_XLATE_DROP)
+		return TC_ACT_SHOT;
+	if (r == SL_XLATE_DONE_NODEPORT)
+		return sl_fib_redirect(skb, p);
+	return sl_deliver_local(skb, p);
+}
+
 /* tcx ingress of an external device. */
 static __always_inline int sl_host_in(struct __sk_buff *skb)
 {
@@ -323,22 +334,12 @@ static __always_inline int sl_host_in(struct __sk_buff *skb)
 	if (!p.has_l4 && !p.icmp_echo) {
 		/* An ICMP error about a flow this node SNATed. */
 		r = sl_icmp_to_node(skb, &p);
-		if (r == SL_XLATE_DROP)
-			return TC_ACT_SHOT;
-		if (r == SL_XLATE_DONE_NODEPORT)
-			return sl_fib_redirect(skb, &p);
-		if (r == SL_XLATE_DONE)
-			return sl_deliver_local(skb, &p);
-		return TC_ACT_OK;
+		return r == SL_XLATE_PASS ? TC_ACT_OK : sl_np_back(skb, &p, r);
 	}
 
 	r = sl_np_reply(skb, &p);
-	if (r == SL_XLATE_DROP)
-		return TC_ACT_SHOT;
-	if (r == SL_XLATE_DONE_NODEPORT)
-		return sl_fib_redirect(skb, &p);
-	if (r == SL_XLATE_DONE)
-		return sl_deliver_local(skb, &p);
+	if (r != SL_XLATE_PASS)
+		return sl_np_back(skb, &p, r);
 	if (!p.has_l4)
 		return TC_ACT_OK;
 
